@@ -1,0 +1,15 @@
+//! cyrkit: repair and maintenance of Cyrus IMAP mail stores.
+//!
+//! # Layout
+//! - [`format`]: pure codecs over bytes, one module per Cyrus on-disk format
+//!   (`cyrus.index`, `cyrus.cache`, `cyrus.header`, dlist, twoskip, skiplist, flat,
+//!   mailboxes.db entries, quota records). No I/O policy.
+//! - [`spool`]: imapd.conf, mailbox names ↔ paths, Cyrus's lock protocol, atomic
+//!   replacement of metadata files, walking partitions.
+//! - [`cmd`]: one module per subcommand; orchestrates spool + format and owns output.
+//! - [`ui`]: progress bars and tables.
+
+pub mod cmd;
+pub mod format;
+pub mod spool;
+pub mod ui;

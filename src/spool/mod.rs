@@ -1,0 +1,9 @@
+//! The spool layer: configuration, names and paths, locks, atomic writes, walking.
+//!
+//! Uses `format/` for the bytes; owns every policy about files on disk.
+
+pub mod atomic;
+pub mod config;
+pub mod lock;
+pub mod names;
+pub mod paths;
