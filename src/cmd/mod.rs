@@ -1,1 +1,130 @@
-//! One module per subcommand.
+//! One module per subcommand. Each orchestrates `spool` and `format` and owns its output;
+//! this module holds the command-line definition and the exit-code policy.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub mod mbcheck;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_FINDINGS: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_PARTIAL: u8 = 3;
+pub const EXIT_TEMPFAIL: u8 = 75;
+
+/// How a command ended when it did not fail outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Success, nothing wrong.
+    Clean,
+    /// Problems found (mbcheck, or a `-n` run that would change something).
+    Findings,
+    /// Some mailbox or file could not be processed; the rest was.
+    Partial,
+}
+
+impl Outcome {
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Clean => EXIT_OK,
+            Outcome::Findings => EXIT_FINDINGS,
+            Outcome::Partial => EXIT_PARTIAL,
+        }
+    }
+}
+
+/// Options every subcommand takes, as the Cyrus tools take them.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// imapd.conf to read
+    #[arg(short = 'C', value_name = "FILE", default_value = "/etc/imapd.conf", global = true)]
+    pub config: PathBuf,
+    /// Machine-readable output: one JSON document on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Quiet: print only errors
+    #[arg(short = 'q', global = true)]
+    pub quiet: bool,
+    /// Never draw progress bars (they are drawn only when stderr is a terminal anyway)
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cyrkit",
+    version,
+    about = "Check and repair Cyrus IMAP mail stores",
+    long_about = "Check and repair Cyrus IMAP mail stores.\n\nFlags follow Cyrus's own tools. Exit codes: 0 clean, 1 problems found, 2 usage or configuration error, 3 something could not be processed (the rest was), 75 a lock was held too long."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the mailboxes database, headers, indexes, caches, message files and quota usage (read-only)
+    Mbcheck(mbcheck::MbcheckArgs),
+}
+
+/// Names under which the binary behaves as one subcommand (multi-call, like Cyrus's tools).
+const MULTICALL: &[&str] = &["mbcheck"];
+
+/// When invoked through a link named after a subcommand, insert that subcommand.
+pub fn multicall_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .map(str::to_owned);
+    if let Some(name) = name {
+        if MULTICALL.contains(&name.as_str()) {
+            args[0] = OsString::from("cyrkit");
+            args.insert(1, OsString::from(name));
+        }
+    }
+    args
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Mbcheck(args) => mbcheck::run(&cli.common, &args),
+    }
+}
+
+/// The exit code for a command that failed outright.
+pub fn exit_code_for_error(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<crate::spool::config::ConfigError>().is_some() {
+            return EXIT_USAGE;
+        }
+        if let Some(crate::spool::lock::LockError::Timeout { .. }) = cause.downcast_ref() {
+            return EXIT_TEMPFAIL;
+        }
+    }
+    EXIT_PARTIAL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn multicall_inserts_subcommand() {
+        let got = multicall_args(vec!["/usr/sbin/mbcheck".into(), "-C".into(), "x".into()]);
+        assert_eq!(got, vec![OsString::from("cyrkit"), "mbcheck".into(), "-C".into(), "x".into()]);
+        let same = multicall_args(vec!["cyrkit".into(), "mbcheck".into()]);
+        assert_eq!(same, vec![OsString::from("cyrkit"), "mbcheck".into()]);
+    }
+}
