@@ -895,6 +895,47 @@ pub struct MailboxStatus {
     pub mailboxid: String,
 }
 
+impl MailboxStatus {
+    /// Reads the counters from a SELECT/EXAMINE reply (`* N EXISTS`, `* OK [UIDNEXT n]`, ...).
+    pub fn from_select(reply: &ImapReply) -> Self {
+        let mut st = MailboxStatus::default();
+        for toks in reply.tokens() {
+            match (toks.get(1), toks.get(2)) {
+                (Some(Token::Atom(n)), Some(Token::Atom(what))) if what == "EXISTS" => {
+                    st.messages = n.parse().unwrap_or(0);
+                }
+                (Some(Token::Atom(ok)), Some(Token::List(code))) if ok == "OK" => {
+                    if let (Some(Token::Atom(k)), Some(v)) = (code.first(), code.get(1)) {
+                        st.set(k, v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        st
+    }
+
+    fn set(&mut self, key: &str, value: &Token) {
+        let num = value
+            .text()
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0);
+        match key.to_ascii_uppercase().as_str() {
+            "MESSAGES" => self.messages = num,
+            "UIDNEXT" => self.uidnext = num,
+            "UIDVALIDITY" => self.uidvalidity = num,
+            "HIGHESTMODSEQ" => self.highestmodseq = num,
+            "MAILBOXID" => {
+                self.mailboxid = match value {
+                    Token::List(l) => l.first().and_then(Token::text).unwrap_or_default(),
+                    other => other.text().unwrap_or_default(),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// One message as FETCH (UID FLAGS INTERNALDATE RFC822.SIZE) reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchedMessage {
@@ -1107,10 +1148,11 @@ impl ImapClient {
         out.sort_by_key(|m| m.uid);
         Ok(out)
     }
-    /// `STATUS mailbox (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ MAILBOXID)`.
+    /// `STATUS mailbox (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)`. Leaves `mailboxid`
+    /// empty: Cyrus 3.6.1 answers STATUS MAILBOXID with garbage bytes (EXAMINE gets it right).
     pub fn status(&mut self, mailbox: &str) -> io::Result<MailboxStatus> {
         let r = self.ok(&format!(
-            "STATUS {} (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ MAILBOXID)",
+            "STATUS {} (MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)",
             quote(mailbox)
         ))?;
         let mut st = MailboxStatus::default();
@@ -1122,26 +1164,18 @@ impl ImapClient {
                 continue;
             };
             for pair in items.chunks(2) {
-                let (Some(Token::Atom(k)), Some(v)) = (pair.first(), pair.get(1)) else {
-                    continue;
-                };
-                let num = v.text().and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
-                match k.to_ascii_uppercase().as_str() {
-                    "MESSAGES" => st.messages = num,
-                    "UIDNEXT" => st.uidnext = num,
-                    "UIDVALIDITY" => st.uidvalidity = num,
-                    "HIGHESTMODSEQ" => st.highestmodseq = num,
-                    "MAILBOXID" => {
-                        st.mailboxid = match v {
-                            Token::List(l) => l.first().and_then(Token::text).unwrap_or_default(),
-                            other => other.text().unwrap_or_default(),
-                        }
-                    }
-                    _ => {}
+                if let (Some(Token::Atom(k)), Some(v)) = (pair.first(), pair.get(1)) {
+                    st.set(k, v);
                 }
             }
         }
         Ok(st)
+    }
+    /// EXAMINE, returning the counters from its untagged responses (EXISTS, UIDVALIDITY,
+    /// UIDNEXT, HIGHESTMODSEQ, MAILBOXID).
+    pub fn examine_status(&mut self, mailbox: &str) -> io::Result<MailboxStatus> {
+        let r = self.examine(mailbox)?;
+        Ok(MailboxStatus::from_select(&r))
     }
     /// `LIST reference pattern`: the mailbox names (as the server spells them).
     pub fn list(&mut self, reference: &str, pattern: &str) -> io::Result<Vec<String>> {
