@@ -543,6 +543,9 @@ impl CyrusInstance {
             .env("USER", "cyrus")
             .env("LOGNAME", "cyrus")
             .current_dir(&self.root)
+            // master signals its whole process group when it shuts down: without a group of
+            // its own it would also kill the servers of other instances started by this process.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -673,9 +676,12 @@ impl CyrusInstance {
     }
     /// An IMAP connection logged in as `user` (any password works: `alwaystrue`).
     pub fn imap_login(&self, user: &str) -> io::Result<ImapClient> {
-        let mut c = self.imap()?;
-        c.login(user, "x")?;
-        Ok(c)
+        let login = || -> io::Result<ImapClient> {
+            let mut c = self.imap()?;
+            c.login(user, "x")?;
+            Ok(c)
+        };
+        login().map_err(|e| err(format!("IMAP login as {user}: {e}\n{}", self.diagnostics())))
     }
     /// An IMAP connection logged in as the admin `cyrus`.
     pub fn imap_admin(&self) -> io::Result<ImapClient> {
