@@ -42,14 +42,20 @@ impl Cyrus {
         let user = nix::unistd::User::from_name("cyrus").ok().flatten();
         let usable = Path::new(CYR_DBTOOL).exists() && user.is_some();
         if !usable {
-            assert!(!required, "CYRKIT_REQUIRE_CYRUS is set but {CYR_DBTOOL} or user cyrus is missing");
+            assert!(
+                !required,
+                "CYRKIT_REQUIRE_CYRUS is set but {CYR_DBTOOL} or user cyrus is missing"
+            );
             eprintln!("skipping: {CYR_DBTOOL} not installed");
             return None;
         }
         let me = nix::unistd::geteuid();
         let user = user?;
         if !me.is_root() && me != user.uid {
-            assert!(!required, "CYRKIT_REQUIRE_CYRUS is set but we can run neither as root nor as cyrus");
+            assert!(
+                !required,
+                "CYRKIT_REQUIRE_CYRUS is set but we can run neither as root nor as cyrus"
+            );
             eprintln!("skipping: need root or the cyrus user to run {CYR_DBTOOL}");
             return None;
         }
@@ -83,7 +89,8 @@ impl Cyrus {
     fn chown_all(&self) {
         for e in walkdir::WalkDir::new(self.dir.path()) {
             let e = e.unwrap();
-            std::os::unix::fs::chown(e.path(), Some(self.uid.as_raw()), Some(self.gid.as_raw())).unwrap();
+            std::os::unix::fs::chown(e.path(), Some(self.uid.as_raw()), Some(self.gid.as_raw()))
+                .unwrap();
         }
         let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
         fs::set_permissions(self.dir.path(), mode).unwrap();
@@ -102,7 +109,13 @@ impl Cyrus {
     }
 
     /// Run cyr_dbtool; returns (success, stdout, stderr).
-    fn dbtool(&self, file: &Path, backend: Backend, args: &[&str], stdin: &[u8]) -> (bool, Vec<u8>, String) {
+    fn dbtool(
+        &self,
+        file: &Path,
+        backend: Backend,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> (bool, Vec<u8>, String) {
         let mut cmd = if nix::unistd::geteuid().is_root() {
             let mut c = Command::new("runuser");
             c.args(["-u", "cyrus", "--", CYR_DBTOOL]);
@@ -110,7 +123,12 @@ impl Cyrus {
         } else {
             Command::new(CYR_DBTOOL)
         };
-        cmd.arg("-C").arg(&self.conf).arg("-n").arg(file).arg(backend.name()).args(args);
+        cmd.arg("-C")
+            .arg(&self.conf)
+            .arg("-n")
+            .arg(file)
+            .arg(backend.name())
+            .args(args);
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -135,7 +153,10 @@ impl Cyrus {
     fn assert_consistent(&self, file: &Path, backend: Backend) {
         let (ok, out, err) = self.dbtool(file, backend, &["consistent"], b"");
         let out = String::from_utf8_lossy(&out);
-        assert!(ok && out.contains("Yes, consistent"), "cyr_dbtool consistent: {out} {err}");
+        assert!(
+            ok && out.contains("Yes, consistent"),
+            "cyr_dbtool consistent: {out} {err}"
+        );
     }
 
     /// Run one `cyr_dbtool batch` per transaction.
@@ -182,7 +203,7 @@ fn batch_script(steps: &[Step]) -> Vec<u8> {
 }
 
 /// The "mixed" scenario: a bulk transaction of 200 keys plus awkward binary keys, a
-/// >64 KiB value, then small transactions that overwrite and delete (leaving obsolete
+/// value over 64 KiB, then small transactions that overwrite and delete (leaving obsolete
 /// and DELETE records behind in twoskip/skiplist).
 fn mixed_scenario() -> Vec<Vec<Step>> {
     let mut bulk: Vec<Step> = (0..200)
@@ -207,13 +228,22 @@ fn mixed_scenario() -> Vec<Vec<Step>> {
         (b"Nuser\x1falice", b"%(T e)"),
         (b"empty", b""),
     ];
-    bulk.extend(binary.iter().map(|(k, v)| Step::Set(k.to_vec(), v.to_vec())));
-    let big: Vec<u8> = (0..66_000u32).map(|i| b"0123456789abcdef"[(i % 16) as usize]).collect();
+    bulk.extend(
+        binary
+            .iter()
+            .map(|(k, v)| Step::Set(k.to_vec(), v.to_vec())),
+    );
+    let big: Vec<u8> = (0..66_000u32)
+        .map(|i| b"0123456789abcdef"[(i % 16) as usize])
+        .collect();
     vec![
         bulk,
         vec![Step::Set(b"big".to_vec(), big)],
         vec![Step::Set(b"user.u010".to_vec(), b"overwritten".to_vec())],
-        vec![Step::Delete(b"user.u011".to_vec()), Step::Delete(b"tab\tkey".to_vec())],
+        vec![
+            Step::Delete(b"user.u011".to_vec()),
+            Step::Delete(b"tab\tkey".to_vec()),
+        ],
         vec![
             Step::Set(b"user.u012".to_vec(), b"".to_vec()),
             Step::Set(b"user.u012".to_vec(), b"twice in one txn".to_vec()),
@@ -243,20 +273,37 @@ fn read_with_cyrkit(buf: &[u8], backend: Backend) -> (Vec<u8>, Vec<String>) {
         Backend::Twoskip => {
             let db = twoskip::TwoskipDb::open(buf).unwrap();
             let pairs: Vec<_> = db.iter().collect::<Result<_, _>>().unwrap();
-            assert_eq!(twoskip::parse_raw(buf).unwrap().to_bytes(), buf, "twoskip raw round trip");
-            (show_bytes(pairs), db.verify().iter().map(|e| e.to_string()).collect())
+            assert_eq!(
+                twoskip::parse_raw(buf).unwrap().to_bytes(),
+                buf,
+                "twoskip raw round trip"
+            );
+            (
+                show_bytes(pairs),
+                db.verify().iter().map(|e| e.to_string()).collect(),
+            )
         }
         Backend::Skiplist => {
             let db = skiplist::SkiplistDb::open(buf).unwrap();
             let pairs: Vec<_> = db.iter().collect::<Result<_, _>>().unwrap();
-            assert_eq!(skiplist::parse_raw(buf).unwrap().to_bytes(), buf, "skiplist raw round trip");
-            (show_bytes(pairs), db.verify().iter().map(|e| e.to_string()).collect())
+            assert_eq!(
+                skiplist::parse_raw(buf).unwrap().to_bytes(),
+                buf,
+                "skiplist raw round trip"
+            );
+            (
+                show_bytes(pairs),
+                db.verify().iter().map(|e| e.to_string()).collect(),
+            )
         }
         Backend::Flat => {
             let db = flat::FlatDb::open(buf).unwrap();
             let pairs: Vec<_> = db.iter().collect::<Result<_, _>>().unwrap();
             assert_eq!(flat::parse_raw(buf).to_bytes(), buf, "flat raw round trip");
-            (show_bytes(pairs), db.verify().iter().map(|e| e.to_string()).collect())
+            (
+                show_bytes(pairs),
+                db.verify().iter().map(|e| e.to_string()).collect(),
+            )
         }
     }
 }
@@ -272,7 +319,9 @@ fn model(backend: Backend, txns: &[Vec<Step>]) -> Vec<(Vec<u8>, Vec<u8>)> {
     }
     let mut v: Vec<_> = m.into_iter().collect();
     match backend {
-        Backend::Flat => v.sort_by(|a, b| KeyOrder::Mbox.compare(&flat::encode(&a.0), &flat::encode(&b.0))),
+        Backend::Flat => {
+            v.sort_by(|a, b| KeyOrder::Mbox.compare(&flat::encode(&a.0), &flat::encode(&b.0)))
+        }
         _ => v.sort_by(|a, b| backend.default_order().compare(&a.0, &b.0)),
     }
     v
@@ -291,7 +340,12 @@ fn twoskip_stats(buf: &[u8]) -> (usize, usize, u8) {
     let live = twoskip::TwoskipDb::open(buf).unwrap().iter().count();
     let records = recs.iter().filter(|r| r.kind == twoskip::RECORD).count();
     let deletes = recs.iter().filter(|r| r.kind == twoskip::DELETE).count();
-    let maxlevel = recs.iter().filter(|r| r.kind == twoskip::RECORD).map(|r| r.level).max().unwrap_or(0);
+    let maxlevel = recs
+        .iter()
+        .filter(|r| r.kind == twoskip::RECORD)
+        .map(|r| r.level)
+        .max()
+        .unwrap_or(0);
     (records - live, deletes, maxlevel)
 }
 
@@ -305,16 +359,29 @@ fn cyrus_written_files_read_identically_and_round_trip() {
         let shown = cyrus.show(&file, backend);
         let buf = fs::read(&file).unwrap();
         let (ours, problems) = read_with_cyrkit(&buf, backend);
-        assert_eq!(ours, shown, "{backend:?}: our reader differs from cyr_dbtool show");
-        assert_eq!(shown, show_bytes(model(backend, &txns)), "{backend:?}: scenario not applied as intended");
+        assert_eq!(
+            ours, shown,
+            "{backend:?}: our reader differs from cyr_dbtool show"
+        );
+        assert_eq!(
+            shown,
+            show_bytes(model(backend, &txns)),
+            "{backend:?}: scenario not applied as intended"
+        );
         assert_eq!(problems, Vec::<String>::new(), "{backend:?}");
         if backend == Backend::Twoskip {
             let (obsolete, deletes, maxlevel) = twoskip_stats(&buf);
-            assert!(obsolete > 0 && deletes > 0 && maxlevel > 1, "{obsolete} {deletes} {maxlevel}");
+            assert!(
+                obsolete > 0 && deletes > 0 && maxlevel > 1,
+                "{obsolete} {deletes} {maxlevel}"
+            );
         }
         if backend == Backend::Skiplist {
             let raw = skiplist::parse_raw(&buf).unwrap();
-            assert!(raw.records.iter().any(|r| matches!(r, skiplist::Record::Delete { .. })));
+            assert!(raw
+                .records
+                .iter()
+                .any(|r| matches!(r, skiplist::Record::Delete { .. })));
         }
         if std::env::var_os("CYRKIT_REGEN_FIXTURES").is_some() {
             let name = format!("{}-mixed", backend.name());
@@ -328,7 +395,12 @@ fn cyrus_written_files_read_identically_and_round_trip() {
 /// Pairs for the writer tests, in raw order (re-sorted per backend).
 fn writer_pairs() -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut p: Vec<(Vec<u8>, Vec<u8>)> = (0..400)
-        .map(|i| (format!("Nuser\x1fu{i:04}").into_bytes(), format!("%(T e M {i})").into_bytes()))
+        .map(|i| {
+            (
+                format!("Nuser\x1fu{i:04}").into_bytes(),
+                format!("%(T e M {i})").into_bytes(),
+            )
+        })
         .collect();
     p.push((b"a\xe9".to_vec(), b"x".to_vec()));
     p.push((b"ab".to_vec(), Vec::new()));
@@ -345,7 +417,9 @@ fn cyrus_reads_our_fresh_files() {
         let mut pairs = writer_pairs();
         pairs.sort_by(|a, b| backend.default_order().compare(&a.0, &b.0));
         let bytes = match backend {
-            Backend::Twoskip => twoskip::write_fresh(&pairs, &twoskip::FreshOptions::default()).unwrap(),
+            Backend::Twoskip => {
+                twoskip::write_fresh(&pairs, &twoskip::FreshOptions::default()).unwrap()
+            }
             Backend::Skiplist => {
                 let opts = skiplist::FreshOptions {
                     last_recovery: 2,
@@ -354,17 +428,27 @@ fn cyrus_reads_our_fresh_files() {
                 skiplist::write_fresh(&pairs, &opts).unwrap()
             }
             Backend::Flat => {
-                pairs.sort_by(|a, b| KeyOrder::Mbox.compare(&flat::encode(&a.0), &flat::encode(&b.0)));
+                pairs.sort_by(|a, b| {
+                    KeyOrder::Mbox.compare(&flat::encode(&a.0), &flat::encode(&b.0))
+                });
                 flat::write_fresh(&pairs).unwrap()
             }
         };
         let file = cyrus.put(&format!("fresh-{}.db", backend.name()), &bytes);
         let shown = cyrus.show(&file, backend);
-        assert_eq!(shown, show_bytes(pairs.iter().map(|(k, v)| (k, v))), "{backend:?}: cyr_dbtool reads our file differently");
+        assert_eq!(
+            shown,
+            show_bytes(pairs.iter().map(|(k, v)| (k, v))),
+            "{backend:?}: cyr_dbtool reads our file differently"
+        );
         if backend != Backend::Flat {
             cyrus.assert_consistent(&file, backend);
         }
-        assert_eq!(fs::read(&file).unwrap(), bytes, "{backend:?}: Cyrus rewrote our file on read");
+        assert_eq!(
+            fs::read(&file).unwrap(),
+            bytes,
+            "{backend:?}: Cyrus rewrote our file on read"
+        );
     }
 }
 
@@ -382,7 +466,10 @@ fn cyrus_reads_our_twoskip_transactions_and_continues_them() {
             Step::Delete(b"user.u051".to_vec()),
             Step::Set(b"zz new".to_vec(), b"".to_vec()),
         ],
-        vec![Step::Delete(b"big".to_vec()), Step::Set(b"\x00first".to_vec(), b"x".to_vec())],
+        vec![
+            Step::Delete(b"big".to_vec()),
+            Step::Set(b"\x00first".to_vec(), b"x".to_vec()),
+        ],
         vec![
             Step::Set(b"user.u050".to_vec(), b"again".to_vec()),
             Step::Delete(b"zz new".to_vec()),
@@ -402,7 +489,10 @@ fn cyrus_reads_our_twoskip_transactions_and_continues_them() {
             .unwrap();
         cyrus.put("txn.db", &plan.apply(&buf));
         all.push(txn.clone());
-        assert_eq!(cyrus.show(&file, Backend::Twoskip), show_bytes(model(Backend::Twoskip, &all)));
+        assert_eq!(
+            cyrus.show(&file, Backend::Twoskip),
+            show_bytes(model(Backend::Twoskip, &all))
+        );
         cyrus.assert_consistent(&file, Backend::Twoskip);
     }
     // Cyrus writes on top of our transactions; we read its result.
@@ -427,7 +517,11 @@ fn fixtures_read_identically_and_round_trip() {
         let shown = fs::read(base.with_extension("show")).unwrap();
         assert_eq!(
             detect(&buf),
-            if backend == Backend::Flat { None } else { Some(backend) }
+            if backend == Backend::Flat {
+                None
+            } else {
+                Some(backend)
+            }
         );
         let (ours, problems) = read_with_cyrkit(&buf, backend);
         assert_eq!(ours, shown, "{backend:?}");
@@ -435,6 +529,7 @@ fn fixtures_read_identically_and_round_trip() {
         seen += 1;
     }
     assert_eq!(seen, 3);
-    let (obsolete, deletes, maxlevel) = twoskip_stats(&fs::read(fixtures_dir().join("twoskip-mixed.db")).unwrap());
+    let (obsolete, deletes, maxlevel) =
+        twoskip_stats(&fs::read(fixtures_dir().join("twoskip-mixed.db")).unwrap());
     assert!(obsolete > 0 && deletes > 0 && maxlevel > 1);
 }

@@ -147,6 +147,9 @@ fn line_order(a: &[u8], b: &[u8]) -> Ordering {
     KeyOrder::Mbox.compare(a, b)
 }
 
+/// A decoded (or escaped) key/value pair.
+pub type Pair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// A parsed flat file.
 #[derive(Debug, Clone)]
 pub struct FlatDb<'a> {
@@ -223,7 +226,7 @@ pub fn write_fresh<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Result<V
             index,
         });
     }
-    let mut enc: Vec<(Cow<[u8]>, Cow<[u8]>)> = pairs
+    let mut enc: Vec<Pair> = pairs
         .iter()
         .map(|(k, v)| (encode(k.as_ref()), encode(v.as_ref())))
         .collect();

@@ -721,6 +721,9 @@ pub fn verify(buf: &[u8], order: KeyOrder) -> Vec<DbError> {
     }
 }
 
+/// A live key and its value, borrowed from the file.
+pub type Pair<'a> = (&'a [u8], &'a [u8]);
+
 /// Iterator over live pairs; see [`TwoskipDb::iter`].
 pub struct Iter<'a> {
     db: TwoskipDb<'a>,
@@ -732,7 +735,7 @@ pub struct Iter<'a> {
 }
 
 impl<'a> Iter<'a> {
-    fn step(&mut self) -> Result<Option<(&'a [u8], &'a [u8])>, DbError> {
+    fn step(&mut self) -> Result<Option<Pair<'a>>, DbError> {
         self.steps += 1;
         if self.steps > self.db.max_steps() {
             return Err(DbError::Loop {
@@ -761,7 +764,7 @@ impl<'a> Iter<'a> {
 }
 
 impl<'a> Iterator for Iter<'a> {
-    type Item = Result<(&'a [u8], &'a [u8]), DbError>;
+    type Item = Result<Pair<'a>, DbError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -778,6 +781,8 @@ impl<'a> Iterator for Iter<'a> {
 // ------------------------------------------------------------------ raw layer
 
 /// One physical item of a twoskip file in file order.
+// BLANKs are rare and small; boxing every record to shrink them is not worth it.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RawRecord<'a> {
     /// 8 bytes of [`BLANK`] padding.
@@ -1329,9 +1334,8 @@ impl Txn {
             self.header.num_records = self.header.num_records.saturating_sub(1);
         }
         let mut slots = vec![0u64; usize::from(newlevel) + 1];
-        for l in 0..usize::from(newlevel) {
-            slots[l + 1] = loc.forwardloc[l];
-        }
+        let n = usize::from(newlevel);
+        slots[1..=n].copy_from_slice(&loc.forwardloc[..n]);
         level = level.max(newlevel);
         let at = self.append(RECORD, newlevel, key, value, &slots);
         for f in loc.forwardloc.iter_mut().take(usize::from(newlevel)) {
