@@ -683,6 +683,13 @@ impl MailboxHeader {
             };
         let quotaroot = self.quotaroot.as_deref().unwrap_or_default();
         check("quota root", quotaroot, b"\t\n")?;
+        if quotaroot.first() == Some(&b'%') {
+            // A 4th line starting with '%' would be read as the dlist layout.
+            return Err(HeaderError::NotRepresentableInText {
+                what: "quota root (leading)",
+                byte: '%',
+            });
+        }
         out.extend_from_slice(quotaroot);
         if let Some(id) = &self.uniqueid {
             check("uniqueid", id, b"\t\n")?;
@@ -701,12 +708,15 @@ impl MailboxHeader {
             out.push(b' ');
         }
         out.push(b'\n');
+        for e in self.acl.iter().flat_map(|a| &a.entries) {
+            check("ACL identifier", &e.identifier, b"\t\n")?;
+            check("ACL rights", &e.rights, b"\t\n")?;
+        }
         let acl = self
             .acl
             .as_ref()
             .map(Acl::to_cyrus_string)
             .unwrap_or_default();
-        check("ACL", &acl, b"\n")?;
         out.extend_from_slice(&acl);
         out.push(b'\n');
         Ok(())
@@ -823,6 +833,19 @@ mod tests {
         // The dlist layout can hold it.
         let d = h.write_as(HeaderFormat::Dlist).unwrap();
         assert_eq!(parse(&d).unwrap().user_flags, h.user_flags);
+        h.user_flags.clear();
+        h.quotaroot = Some(b"%(x".to_vec());
+        assert!(h.write_as(HeaderFormat::Text).is_err());
+        h.quotaroot = None;
+        h.acl = Some(Acl::parse_cyrus_string(b"a\tb\t"));
+        h.acl.as_mut().unwrap().entries[0].identifier = b"x\ty".to_vec();
+        assert!(matches!(
+            h.write_as(HeaderFormat::Text),
+            Err(HeaderError::NotRepresentableInText {
+                what: "ACL identifier",
+                ..
+            })
+        ));
     }
 
     #[test]
