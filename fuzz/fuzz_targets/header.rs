@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(h) = header::parse(data) else { return };
     let _ = header::header_file_crc(data);
-    let d = h.write_as(HeaderFormat::Dlist).expect("dlist layout holds anything parsed");
+    let d = h
+        .write_as(HeaderFormat::Dlist)
+        .expect("dlist layout holds anything parsed");
     let hd = header::parse(&d).expect("dlist output must parse");
     assert_eq!(hd.uniqueid, h.uniqueid);
     assert_eq!(hd.name, h.name);
