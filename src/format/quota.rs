@@ -480,4 +480,35 @@ mod tests {
             assert_eq!(r.index(), i);
         }
     }
+
+    #[test]
+    fn real_quotalegacy_files_round_trip_byte_identically() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/format-samples/quota");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let q = parse_legacy_file(&data).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(write_legacy_file(&q), data, "{}", path.display());
+            n += 1;
+        }
+        assert_eq!(n, 4);
+        let alice = parse_legacy_file(&std::fs::read(dir.join("user.alice")).unwrap()).unwrap();
+        assert_eq!(
+            alice.get(Resource::Storage),
+            ResourceQuota {
+                used: 764,
+                limit: Some(1000)
+            }
+        );
+        assert_eq!(
+            alice.get(Resource::NumFolders),
+            ResourceQuota {
+                used: 4,
+                limit: None
+            }
+        );
+        assert_eq!(alice.modseq, Some(16));
+    }
 }
