@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod crc;
+pub mod cyrusdb;
 pub mod dlist;
 pub mod flat;
 pub mod header;
