@@ -39,7 +39,12 @@ impl Outcome {
 #[derive(Debug, Clone, Args)]
 pub struct Common {
     /// imapd.conf to read
-    #[arg(short = 'C', value_name = "FILE", default_value = "/etc/imapd.conf", global = true)]
+    #[arg(
+        short = 'C',
+        value_name = "FILE",
+        default_value = "/etc/imapd.conf",
+        global = true
+    )]
     pub config: PathBuf,
     /// Machine-readable output: one JSON document on stdout
     #[arg(long, global = true)]
@@ -100,7 +105,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
 /// The exit code for a command that failed outright.
 pub fn exit_code_for_error(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.downcast_ref::<crate::spool::config::ConfigError>().is_some() {
+        if cause
+            .downcast_ref::<crate::spool::config::ConfigError>()
+            .is_some()
+        {
             return EXIT_USAGE;
         }
         if let Some(crate::spool::lock::LockError::Timeout { .. }) = cause.downcast_ref() {
@@ -123,7 +131,15 @@ mod tests {
     #[test]
     fn multicall_inserts_subcommand() {
         let got = multicall_args(vec!["/usr/sbin/mbcheck".into(), "-C".into(), "x".into()]);
-        assert_eq!(got, vec![OsString::from("cyrkit"), "mbcheck".into(), "-C".into(), "x".into()]);
+        assert_eq!(
+            got,
+            vec![
+                OsString::from("cyrkit"),
+                "mbcheck".into(),
+                "-C".into(),
+                "x".into()
+            ]
+        );
         let same = multicall_args(vec!["cyrkit".into(), "mbcheck".into()]);
         assert_eq!(same, vec![OsString::from("cyrkit"), "mbcheck".into()]);
     }

@@ -159,7 +159,11 @@ pub fn lock_path(path: &Path, mode: LockMode, timeout: Duration) -> Result<FileL
 
 /// Lock an existing data file in place (e.g. `cyrus.index`), without creating it.
 /// A shared lock only needs read access, so read-only runs never open for writing.
-pub fn lock_existing(path: &Path, mode: LockMode, timeout: Duration) -> Result<FileLock, LockError> {
+pub fn lock_existing(
+    path: &Path,
+    mode: LockMode,
+    timeout: Duration,
+) -> Result<FileLock, LockError> {
     let file = OpenOptions::new()
         .read(true)
         .write(mode == LockMode::Exclusive)

@@ -4,6 +4,9 @@
 
 pub mod atomic;
 pub mod config;
+pub mod db;
 pub mod lock;
+pub mod mboxlist;
 pub mod names;
 pub mod paths;
+pub mod quota;

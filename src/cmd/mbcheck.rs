@@ -1,0 +1,1006 @@
+//! `cyrkit mbcheck`: a read-only check of a whole mail store.
+//!
+//! Checks the mailboxes database against the partitions (entries without directories,
+//! directories without entries), each `cyrus.header` (readable, name, unique id, ACL against
+//! the database), each `cyrus.index` (version, CRCs, UID order, counts, sync CRCs, the header
+//! CRC it records, uidvalidity against the database), each record's `cyrus.cache` entry,
+//! message files (present, size, GUID with `-G`, files without records, odd files) and quota
+//! usage against the index totals.
+//!
+//! Read-only means read-only: files are opened for reading, the index is locked with a shared
+//! fcntl lock (which needs no write access and creates nothing), and Cyrus's name lock files
+//! are not created. Not a byte or an mtime changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::{Common, Outcome};
+use crate::format::cache;
+use crate::format::header::{self, MailboxHeader};
+use crate::format::index::{self, Index, IndexRecord, VerifyContext};
+use crate::format::quota::Resource;
+use crate::spool::config::Config;
+use crate::spool::db::map_file;
+use crate::spool::lock::{self, LockMode};
+use crate::spool::mboxlist::{MboxRecord, Mboxlist};
+use crate::spool::names::{MboxName, NameConfig};
+use crate::spool::paths::{self, Layout, MailboxDir, MetaFile};
+use crate::spool::quota::load_roots;
+
+/// How long to wait for a lock a running Cyrus holds before giving up (exit 75).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MbcheckArgs {
+    /// Also check every child of the named mailboxes
+    #[arg(short = 'r')]
+    pub recursive: bool,
+    /// Re-read every message file and compare its SHA-1 with the GUID in its index record
+    #[arg(short = 'G')]
+    pub guids: bool,
+    /// Mailboxes to check (external names, as Cyrus's tools take them); none: all of them
+    #[arg(value_name = "MAILBOX")]
+    pub mailboxes: Vec<String>,
+}
+
+/// What kind of problem a finding is; stable names for `--json` and the summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Database,
+    MissingDirectory,
+    OrphanDirectory,
+    Header,
+    Index,
+    Cache,
+    MessageFile,
+    OddFile,
+    Quota,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Database => "mailboxes database",
+            Kind::MissingDirectory => "missing mailbox directory",
+            Kind::OrphanDirectory => "directory without entry",
+            Kind::Header => "cyrus.header",
+            Kind::Index => "cyrus.index",
+            Kind::Cache => "cyrus.cache",
+            Kind::MessageFile => "message files",
+            Kind::OddFile => "odd files",
+            Kind::Quota => "quota",
+        }
+    }
+}
+
+/// One problem, with the command that repairs it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub kind: Kind,
+    /// External mailbox name (or quota root), if the finding belongs to one.
+    pub mailbox: Option<String>,
+    pub file: Option<PathBuf>,
+    pub problem: String,
+    pub repair: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub mailboxes_checked: u64,
+    pub messages_checked: u64,
+    pub findings: Vec<Finding>,
+}
+
+struct Checker<'a> {
+    config: &'a Config,
+    layout: Layout,
+    nc: NameConfig,
+    guids: bool,
+    report: Report,
+    /// Per quota root (as the headers name it): usage summed from the index headers.
+    quota_usage: BTreeMap<Vec<u8>, [u64; 4]>,
+    /// Directories (holding cyrus.header) that the database accounts for.
+    expected_dirs: BTreeSet<PathBuf>,
+}
+
+pub fn run(common: &Common, args: &MbcheckArgs) -> anyhow::Result<Outcome> {
+    let config = Config::load(&common.config)?;
+    let report = check(
+        &config,
+        args,
+        !common.no_progress && !common.quiet && !common.json,
+    )?;
+    let outcome = if report.findings.is_empty() {
+        Outcome::Clean
+    } else {
+        Outcome::Findings
+    };
+    if common.json {
+        println!("{}", serde_json::to_string_pretty(&json_report(&report))?);
+    } else {
+        print_human(&report, common.quiet);
+    }
+    Ok(outcome)
+}
+
+fn json_report(report: &Report) -> serde_json::Value {
+    let mut by_kind: BTreeMap<Kind, u64> = BTreeMap::new();
+    for f in &report.findings {
+        *by_kind.entry(f.kind).or_default() += 1;
+    }
+    serde_json::json!({
+        "clean": report.findings.is_empty(),
+        "mailboxes_checked": report.mailboxes_checked,
+        "messages_checked": report.messages_checked,
+        "findings": report.findings,
+        "summary": by_kind,
+    })
+}
+
+fn print_human(report: &Report, quiet: bool) {
+    for f in &report.findings {
+        let mut line = String::new();
+        if let Some(m) = &f.mailbox {
+            line.push_str(m);
+            line.push_str(": ");
+        }
+        if let Some(p) = &f.file {
+            line.push_str(&p.display().to_string());
+            line.push_str(": ");
+        }
+        line.push_str(&f.problem);
+        println!("{line} (repair: {})", f.repair);
+    }
+    if quiet {
+        return;
+    }
+    let mut by_kind: BTreeMap<Kind, u64> = BTreeMap::new();
+    for f in &report.findings {
+        *by_kind.entry(f.kind).or_default() += 1;
+    }
+    let mut t = crate::ui::table(&["checked", "count"]);
+    t.add_row(vec![
+        "mailboxes".to_string(),
+        report.mailboxes_checked.to_string(),
+    ]);
+    t.add_row(vec![
+        "messages".to_string(),
+        report.messages_checked.to_string(),
+    ]);
+    for (k, n) in &by_kind {
+        t.add_row(vec![format!("problems: {}", k.label()), n.to_string()]);
+    }
+    if by_kind.is_empty() {
+        t.add_row(vec!["problems".to_string(), "0".to_string()]);
+    }
+    println!("{t}");
+}
+
+/// Run every check; the report lists what was found.
+pub fn check(config: &Config, args: &MbcheckArgs, progress: bool) -> anyhow::Result<Report> {
+    let layout = Layout::from_config(config).context("laying out the spool")?;
+    let nc = NameConfig::from_config(config).context("reading the namespace options")?;
+    let mboxlist = Mboxlist::load(config, &nc, LOCK_TIMEOUT)?;
+    let mut c = Checker {
+        config,
+        layout,
+        nc,
+        guids: args.guids,
+        report: Report::default(),
+        quota_usage: BTreeMap::new(),
+        expected_dirs: BTreeSet::new(),
+    };
+    c.check_database(&mboxlist);
+
+    let selected = c.select(&mboxlist, args)?;
+    let bar = crate::ui::progress_for("mbcheck", progress);
+    bar.set_length(selected.len() as u64);
+    for m in &selected {
+        bar.set_message(&c.external(&m.name));
+        c.check_mailbox(m, &mboxlist)?;
+        bar.inc(1);
+    }
+    bar.finish();
+
+    let whole_store = args.mailboxes.is_empty();
+    if whole_store {
+        // Directories that no database entry accounts for; every entry's directory is
+        // expected, checked or not (tombstones have none).
+        for m in mboxlist.live() {
+            if let Some(dir) = c.header_dir(m) {
+                c.expected_dirs.insert(dir);
+            }
+        }
+        c.check_orphan_dirs();
+    }
+    c.check_quota(&mboxlist, args, &selected)?;
+    Ok(c.report)
+}
+
+impl Checker<'_> {
+    fn external(&self, name: &MboxName) -> String {
+        name.to_external(&self.nc)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|_| String::from_utf8_lossy(&name.to_internal()).into_owned())
+    }
+
+    fn find(
+        &mut self,
+        kind: Kind,
+        mailbox: Option<String>,
+        file: Option<&Path>,
+        problem: String,
+        repair: String,
+    ) {
+        self.report.findings.push(Finding {
+            kind,
+            mailbox,
+            file: file.map(Path::to_path_buf),
+            problem,
+            repair,
+        });
+    }
+
+    fn reconstruct_cmd(&self, ext: &str, extra: &str) -> String {
+        format!("cyrkit reconstruct {extra}{ext}")
+    }
+
+    /// The mailboxes the arguments name (external names; `-r` adds children).
+    fn select<'m>(
+        &self,
+        mboxlist: &'m Mboxlist,
+        args: &MbcheckArgs,
+    ) -> anyhow::Result<Vec<&'m MboxRecord>> {
+        if args.mailboxes.is_empty() {
+            return Ok(mboxlist.live().collect());
+        }
+        let mut wanted = Vec::new();
+        for a in &args.mailboxes {
+            let n = MboxName::from_external(a.as_bytes(), &self.nc)
+                .with_context(|| format!("mailbox name {a:?}"))?;
+            wanted.push(n.to_internal());
+        }
+        Ok(mboxlist
+            .live()
+            .filter(|m| {
+                let int = m.name.to_internal();
+                wanted.iter().any(|w| {
+                    int == *w
+                        || (args.recursive
+                            && int.len() > w.len()
+                            && int.starts_with(w)
+                            && int[w.len()] == b'.')
+                })
+            })
+            .collect())
+    }
+
+    fn mailbox_dir<'n>(&self, m: &'n MboxRecord) -> Option<MailboxDir<'n>> {
+        if m.entry.legacy_dirs() {
+            Some(MailboxDir::Legacy(&m.name))
+        } else {
+            m.entry
+                .uniqueid
+                .as_deref()
+                .and_then(|u| std::str::from_utf8(u).ok())
+                .map(MailboxDir::Uuid)
+        }
+    }
+
+    fn partition(m: &MboxRecord) -> String {
+        m.entry
+            .partition
+            .as_deref()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn header_dir(&self, m: &MboxRecord) -> Option<PathBuf> {
+        let dir = self.mailbox_dir(m)?;
+        self.layout
+            .meta_dir(&Self::partition(m), dir, MetaFile::Header)
+            .ok()
+    }
+
+    fn check_database(&mut self, mboxlist: &Mboxlist) {
+        let repair = "cyrkit reconstruct -m".to_string();
+        for p in &mboxlist.problems {
+            let what = match &p.key {
+                Some(k) => format!("entry {k:?}: {}", p.what),
+                None => p.what.clone(),
+            };
+            self.find(
+                Kind::Database,
+                None,
+                Some(&mboxlist.path),
+                what,
+                repair.clone(),
+            );
+        }
+        if !mboxlist.v36 {
+            return;
+        }
+        let path = mboxlist.path.clone();
+        for m in mboxlist.live() {
+            let ext = self.external(&m.name);
+            let Some(id) = &m.entry.uniqueid else {
+                self.find(
+                    Kind::Database,
+                    Some(ext),
+                    Some(&path),
+                    "entry has no unique id".into(),
+                    repair.clone(),
+                );
+                continue;
+            };
+            match mboxlist.ids.get(id) {
+                None => self.find(
+                    Kind::Database,
+                    Some(ext),
+                    Some(&path),
+                    format!("no I record for unique id {}", String::from_utf8_lossy(id)),
+                    repair.clone(),
+                ),
+                Some(ie) if ie.dbname.as_deref() != Some(&m.dbname[..]) => self.find(
+                    Kind::Database,
+                    Some(ext),
+                    Some(&path),
+                    format!(
+                        "I record for unique id {} names another mailbox ({})",
+                        String::from_utf8_lossy(id),
+                        ie.dbname
+                            .as_deref()
+                            .map(|d| String::from_utf8_lossy(d).replace(['\x1f', '\x1d'], "."))
+                            .unwrap_or_else(|| "none".into())
+                    ),
+                    repair.clone(),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn check_mailbox(&mut self, m: &MboxRecord, mboxlist: &Mboxlist) -> anyhow::Result<()> {
+        let _ = mboxlist;
+        self.report.mailboxes_checked += 1;
+        let ext = self.external(&m.name);
+        let part = Self::partition(m);
+        let Some(dir) = self.mailbox_dir(m) else {
+            self.find(
+                Kind::Database,
+                Some(ext.clone()),
+                None,
+                "uuid-layout entry without a usable unique id".into(),
+                "cyrkit reconstruct -m".into(),
+            );
+            return Ok(());
+        };
+        let paths = (|| -> Result<_, paths::PathError> {
+            Ok((
+                self.layout.data_dir(&part, dir)?,
+                self.layout.meta_file(&part, dir, MetaFile::Header, false)?,
+                self.layout.meta_file(&part, dir, MetaFile::Index, false)?,
+                self.layout.meta_file(&part, dir, MetaFile::Cache, false)?,
+                self.layout
+                    .meta_file(&part, dir, MetaFile::ArchiveCache, false)?,
+            ))
+        })();
+        let (data_dir, header_path, index_path, cache_path, archive_cache_path) = match paths {
+            Ok(p) => p,
+            Err(e) => {
+                self.find(
+                    Kind::Database,
+                    Some(ext),
+                    None,
+                    format!("cannot locate the mailbox: {e}"),
+                    "cyrkit reconstruct -m".into(),
+                );
+                return Ok(());
+            }
+        };
+        if !data_dir.is_dir() {
+            self.find(
+                Kind::MissingDirectory,
+                Some(ext.clone()),
+                Some(&data_dir),
+                "mailbox directory is missing".into(),
+                format!(
+                    "restore it from backup, or `{}` to recreate it empty",
+                    self.reconstruct_cmd(&ext, "")
+                ),
+            );
+            return Ok(());
+        }
+
+        // cyrus.header
+        let header_bytes = match std::fs::read(&header_path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                self.find(
+                    Kind::Header,
+                    Some(ext.clone()),
+                    Some(&header_path),
+                    format!("cannot read: {e}"),
+                    self.reconstruct_cmd(&ext, ""),
+                );
+                None
+            }
+        };
+        let header = header_bytes
+            .as_deref()
+            .and_then(|b| match header::parse(b) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    self.find(
+                        Kind::Header,
+                        Some(ext.clone()),
+                        Some(&header_path),
+                        format!("unreadable: {e}"),
+                        self.reconstruct_cmd(&ext, ""),
+                    );
+                    None
+                }
+            });
+        if let Some(h) = &header {
+            self.check_header(m, h, &ext, &header_path);
+        }
+
+        // cyrus.index, under a shared lock as Cyrus's readers take it.
+        let held = match lock::lock_existing(&index_path, LockMode::Shared, LOCK_TIMEOUT) {
+            Ok(l) => l,
+            Err(lock::LockError::Open { source, .. }) => {
+                self.find(
+                    Kind::Index,
+                    Some(ext.clone()),
+                    Some(&index_path),
+                    format!("cannot read: {source}"),
+                    self.reconstruct_cmd(&ext, ""),
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let map = map_file(held.file()).with_context(|| index_path.display().to_string())?;
+        let idx = match Index::open(&map) {
+            Ok(i) => i,
+            Err(e) => {
+                self.find(
+                    Kind::Index,
+                    Some(ext.clone()),
+                    Some(&index_path),
+                    e.to_string(),
+                    self.reconstruct_cmd(&ext, ""),
+                );
+                return Ok(());
+            }
+        };
+        let flag_names: Option<Vec<Option<Vec<u8>>>> =
+            header.as_ref().map(|h| h.user_flags.clone());
+        let annot_crcs = self.annotation_crcs(&data_dir, &part, dir);
+        let ctx = VerifyContext {
+            flag_names: flag_names.as_deref(),
+            annot_crcs: annot_crcs.as_ref(),
+        };
+        for p in idx.verify(&ctx) {
+            self.find(
+                Kind::Index,
+                Some(ext.clone()),
+                Some(&index_path),
+                p.to_string(),
+                self.reconstruct_cmd(&ext, ""),
+            );
+        }
+        let ih = idx.header().clone();
+        if let Some(hb) = &header_bytes {
+            let crc = header::header_file_crc(hb);
+            if crc != ih.header_file_crc {
+                self.find(
+                    Kind::Header,
+                    Some(ext.clone()),
+                    Some(&header_path),
+                    format!("CRC {crc:08x} differs from the {:08x} recorded in cyrus.index (the header was changed behind Cyrus's back)", ih.header_file_crc),
+                    self.reconstruct_cmd(&ext, ""),
+                );
+            }
+        }
+        if m.entry.uidvalidity != 0 && ih.uidvalidity != m.entry.uidvalidity {
+            self.find(
+                Kind::Index,
+                Some(ext.clone()),
+                Some(&index_path),
+                format!(
+                    "uidvalidity {} differs from the mailboxes database's {}",
+                    ih.uidvalidity, m.entry.uidvalidity
+                ),
+                self.reconstruct_cmd(&ext, ""),
+            );
+        }
+
+        // Quota usage, as Cyrus charges it: from the index header.
+        if let Some(root) = header.as_ref().and_then(|h| h.quotaroot.clone()) {
+            let u = self.quota_usage.entry(root).or_default();
+            u[Resource::Storage.index()] += ih.quota_mailbox_used;
+            u[Resource::Message.index()] += u64::from(ih.exists);
+            u[Resource::AnnotationStorage.index()] += ih.quota_annot_used;
+            u[Resource::NumFolders.index()] += 1;
+        }
+
+        let records: Vec<IndexRecord> = idx.records().filter_map(Result::ok).collect();
+        drop(idx);
+        self.check_cache_and_files(
+            &ext,
+            &records,
+            &data_dir,
+            &cache_path,
+            &archive_cache_path,
+            &part,
+            dir,
+        );
+        drop(map);
+        drop(held);
+        Ok(())
+    }
+
+    fn check_header(&mut self, m: &MboxRecord, h: &MailboxHeader, ext: &str, path: &Path) {
+        let repair = self.reconstruct_cmd(ext, "");
+        if let Some(n) = &h.name {
+            // A delayed delete renames the mailbox without rewriting its header (3.6
+            // mboxlist_renamemailbox), so a DELETED mailbox's header keeps the old name.
+            let deleted_ok = m.name.deleted().is_some() && *n == m.name.undeleted().to_internal();
+            if *n != m.name.to_internal() && !deleted_ok {
+                self.find(
+                    Kind::Header,
+                    Some(ext.into()),
+                    Some(path),
+                    format!(
+                        "names mailbox {:?}, the database entry is {:?}",
+                        String::from_utf8_lossy(n),
+                        String::from_utf8_lossy(&m.name.to_internal())
+                    ),
+                    repair.clone(),
+                );
+            }
+        }
+        if h.uniqueid.is_some() && m.entry.uniqueid.is_some() && h.uniqueid != m.entry.uniqueid {
+            self.find(
+                Kind::Header,
+                Some(ext.into()),
+                Some(path),
+                format!(
+                    "unique id {} differs from the database's {}",
+                    String::from_utf8_lossy(h.uniqueid.as_deref().unwrap_or_default()),
+                    String::from_utf8_lossy(m.entry.uniqueid.as_deref().unwrap_or_default())
+                ),
+                repair.clone(),
+            );
+        }
+        let hacl = h.acl.as_ref().map(|a| a.to_cyrus_string());
+        let dacl = m.entry.acl.as_ref().map(|a| a.to_cyrus_string());
+        if hacl.is_some() && dacl.is_some() && hacl != dacl {
+            self.find(
+                Kind::Header,
+                Some(ext.into()),
+                Some(path),
+                format!(
+                    "ACL {:?} differs from the database's {:?}",
+                    String::from_utf8_lossy(&hacl.unwrap_or_default()).replace('\t', " "),
+                    String::from_utf8_lossy(&dacl.unwrap_or_default()).replace('\t', " ")
+                ),
+                repair,
+            );
+        }
+    }
+
+    /// Per-uid CRCs of cyrus.annotations, when they can be known: only an empty or absent
+    /// annotations database gives an exact answer without decoding annotation keys, so
+    /// otherwise the annotation sync CRC is not checked.
+    fn annotation_crcs(
+        &self,
+        _data_dir: &Path,
+        part: &str,
+        dir: MailboxDir<'_>,
+    ) -> Option<BTreeMap<u32, u32>> {
+        let path = self
+            .layout
+            .meta_file(part, dir, MetaFile::Annotations, false)
+            .ok()?;
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(BTreeMap::new()),
+            Ok(buf) => {
+                let pairs =
+                    crate::spool::db::read_pairs(&buf, crate::format::cyrusdb::Backend::Twoskip)
+                        .ok()?;
+                pairs.is_empty().then(BTreeMap::new)
+            }
+            Err(_) => None,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_cache_and_files(
+        &mut self,
+        ext: &str,
+        records: &[IndexRecord],
+        data_dir: &Path,
+        cache_path: &Path,
+        archive_cache_path: &Path,
+        part: &str,
+        dir: MailboxDir<'_>,
+    ) {
+        let repair = self.reconstruct_cmd(ext, "");
+        let read_cache = |p: &Path| -> Option<memmapped::Buf> { memmapped::open(p) };
+        let cache = read_cache(cache_path);
+        let archive_cache = if archive_cache_path != cache_path {
+            read_cache(archive_cache_path)
+        } else {
+            None
+        };
+        let mut missing_cache_reported = false;
+        let mut uids = BTreeSet::new();
+        for r in records {
+            uids.insert(r.uid);
+            if r.is_unlinked() {
+                continue;
+            }
+            self.report.messages_checked += 1;
+            let archived = r.internal_flags & index::FLAG_INTERNAL_ARCHIVED != 0;
+            let (cbuf, cpath) = if archived {
+                (&archive_cache, archive_cache_path)
+            } else {
+                (&cache, cache_path)
+            };
+            match cbuf {
+                None => {
+                    if !missing_cache_reported {
+                        self.find(
+                            Kind::Cache,
+                            Some(ext.into()),
+                            Some(cpath),
+                            "missing, but the index has records".into(),
+                            repair.clone(),
+                        );
+                        missing_cache_reported = true;
+                    }
+                }
+                Some(buf) => {
+                    if let Err(e) =
+                        cache::check_record_entry(buf.bytes(), r.cache_offset, r.cache_crc)
+                    {
+                        self.find(
+                            Kind::Cache,
+                            Some(ext.into()),
+                            Some(cpath),
+                            format!("uid {}: {e}", r.uid),
+                            repair.clone(),
+                        );
+                    }
+                }
+            }
+            let file = if archived {
+                self.layout.archived_message_file(part, dir, r.uid)
+            } else {
+                self.layout.message_file(part, dir, r.uid)
+            };
+            let Ok(file) = file else { continue };
+            match std::fs::symlink_metadata(&file) {
+                Err(_) => self.find(
+                    Kind::MessageFile,
+                    Some(ext.into()),
+                    Some(&file),
+                    format!("uid {}: message file is missing", r.uid),
+                    repair.clone(),
+                ),
+                Ok(md) if !md.is_file() => self.find(
+                    Kind::MessageFile,
+                    Some(ext.into()),
+                    Some(&file),
+                    format!("uid {}: not a regular file", r.uid),
+                    repair.clone(),
+                ),
+                Ok(md) if md.size() != r.size => self.find(
+                    Kind::MessageFile,
+                    Some(ext.into()),
+                    Some(&file),
+                    format!(
+                        "uid {}: size is {} bytes, the index says {}",
+                        r.uid,
+                        md.size(),
+                        r.size
+                    ),
+                    repair.clone(),
+                ),
+                Ok(_) if self.guids => match sha1_file(&file) {
+                    Ok(g) if g != r.guid => self.find(
+                        Kind::MessageFile,
+                        Some(ext.into()),
+                        Some(&file),
+                        format!(
+                            "uid {}: content GUID {} differs from the index's {}",
+                            r.uid,
+                            index::guid_hex(&g),
+                            index::guid_hex(&r.guid)
+                        ),
+                        self.reconstruct_cmd(ext, "-G -R "),
+                    ),
+                    Ok(_) => {}
+                    Err(e) => self.find(
+                        Kind::MessageFile,
+                        Some(ext.into()),
+                        Some(&file),
+                        format!("uid {}: cannot read: {e}", r.uid),
+                        repair.clone(),
+                    ),
+                },
+                Ok(_) => {}
+            }
+        }
+        // Files in the directory that no record accounts for.
+        let Ok(rd) = std::fs::read_dir(data_dir) else {
+            return;
+        };
+        let mut names: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+        names.sort_by_key(|e| e.file_name());
+        for e in names {
+            use std::os::unix::ffi::OsStrExt;
+            let name = e.file_name();
+            let b = name.as_bytes();
+            if b.starts_with(b".") || b.starts_with(b"cyrus.") {
+                continue;
+            }
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir {
+                continue; // child mailboxes (legacy layout)
+            }
+            match paths::parse_message_file_name(b) {
+                Some(uid) if !uids.contains(&uid) => self.find(
+                    Kind::MessageFile,
+                    Some(ext.into()),
+                    Some(&e.path()),
+                    format!("message file without an index record (uid {uid})"),
+                    repair.clone(),
+                ),
+                Some(_) => {}
+                None => self.find(
+                    Kind::OddFile,
+                    Some(ext.into()),
+                    Some(&e.path()),
+                    "odd file in the mailbox directory".into(),
+                    self.reconstruct_cmd(ext, "-O "),
+                ),
+            }
+        }
+    }
+
+    /// Every directory holding a `cyrus.header` that no database entry accounts for.
+    fn check_orphan_dirs(&mut self) {
+        let mut roots = BTreeSet::new();
+        for (name, _) in self.config.partitions() {
+            if let Ok(r) = self.layout.meta_root(&name, MetaFile::Header) {
+                roots.insert(r.to_path_buf());
+            }
+        }
+        for root in roots {
+            let walker = walkdir::WalkDir::new(&root)
+                .follow_links(false)
+                .sort_by_file_name();
+            for e in walker.into_iter().filter_map(Result::ok) {
+                if e.file_type().is_file() && e.file_name() == "cyrus.header" {
+                    let dir = e.path().parent().map(Path::to_path_buf).unwrap_or_default();
+                    if !self.expected_dirs.contains(&dir) {
+                        self.find(
+                            Kind::OrphanDirectory,
+                            None,
+                            Some(&dir),
+                            "mailbox directory with no mailboxes database entry".into(),
+                            "cyrkit reconstruct -m (rebuilds the mailboxes database from the spool)".into(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_quota(
+        &mut self,
+        mboxlist: &Mboxlist,
+        args: &MbcheckArgs,
+        selected: &[&MboxRecord],
+    ) -> anyhow::Result<()> {
+        let stored = load_roots(self.config, &self.layout, LOCK_TIMEOUT)?;
+        let whole = args.mailboxes.is_empty();
+        // With mailbox arguments, only roots whose whole subtree was checked can be summed.
+        let checked: BTreeSet<Vec<u8>> = selected.iter().map(|m| m.name.to_internal()).collect();
+        let root_covered =
+            |root: &[u8]| -> bool { whole || (args.recursive && checked.contains(root)) };
+        let root_ext = |c: &Self, root: &[u8]| -> String {
+            MboxName::from_internal(root, &c.nc)
+                .map(|n| c.external(&n))
+                .unwrap_or_else(|_| String::from_utf8_lossy(root).into_owned())
+        };
+        // Each mailbox's quota-root pointer against the root Cyrus would assign.
+        let roots: Vec<Vec<u8>> = stored.keys().cloned().collect();
+        for m in selected {
+            let Some(dir) = self.header_dir(m) else {
+                continue;
+            };
+            let Ok(bytes) = std::fs::read(dir.join("cyrus.header")) else {
+                continue;
+            };
+            let Ok(h) = header::parse(&bytes) else {
+                continue;
+            };
+            let want = owning_root(&roots, &m.name.to_internal());
+            if h.quotaroot.as_deref() != want {
+                let ext = self.external(&m.name);
+                let show = |r: Option<&[u8]>| {
+                    r.map(|r| String::from_utf8_lossy(r).into_owned())
+                        .unwrap_or_else(|| "(none)".into())
+                };
+                self.find(
+                    Kind::Quota,
+                    Some(ext),
+                    Some(&dir.join("cyrus.header")),
+                    format!(
+                        "quota root is {}, should be {}",
+                        show(h.quotaroot.as_deref()),
+                        show(want)
+                    ),
+                    format!(
+                        "cyrkit quota -f {}",
+                        want.map(|r| root_ext(self, r)).unwrap_or_default()
+                    )
+                    .trim_end()
+                    .to_string(),
+                );
+            }
+        }
+        let _ = mboxlist;
+        for (root, s) in &stored {
+            if !root_covered(root) {
+                continue;
+            }
+            let ext = root_ext(self, root);
+            let rec = match &s.record {
+                Ok(r) => r,
+                Err(e) => {
+                    self.find(
+                        Kind::Quota,
+                        Some(ext.clone()),
+                        Some(&s.file),
+                        format!("unreadable quota record: {e}"),
+                        format!("cyrkit quota -f {ext}"),
+                    );
+                    continue;
+                }
+            };
+            let used = self.quota_usage.get(root).copied();
+            let Some(used) = used else {
+                if !root.ends_with(b"!") {
+                    self.find(
+                        Kind::Quota,
+                        Some(ext.clone()),
+                        Some(&s.file),
+                        "quota root is used by no mailbox".into(),
+                        format!("cyrkit quota -f {ext}"),
+                    );
+                }
+                continue;
+            };
+            for res in [
+                Resource::Storage,
+                Resource::Message,
+                Resource::AnnotationStorage,
+                Resource::NumFolders,
+            ] {
+                let stored_used = rec.get(res).used;
+                let actual = used[res.index()];
+                if stored_used != actual {
+                    self.find(
+                        Kind::Quota,
+                        Some(ext.clone()),
+                        Some(&s.file),
+                        format!(
+                            "{} usage is {stored_used}, the mailboxes hold {actual}",
+                            res.imap_name()
+                        ),
+                        format!("cyrkit quota -f {ext}"),
+                    );
+                }
+            }
+        }
+        if whole {
+            for root in self.quota_usage.keys().cloned().collect::<Vec<_>>() {
+                if !stored.contains_key(&root) {
+                    let ext = root_ext(self, &root);
+                    self.find(
+                        Kind::Quota,
+                        Some(ext.clone()),
+                        None,
+                        "mailboxes name this quota root but it does not exist".into(),
+                        format!("cyrkit quota -f {ext}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The root Cyrus assigns a mailbox (imap/quota.c `fixquota_dombox` and mboxlist's
+/// `mboxlist_findquota`): the longest root that equals the name or is a prefix of it
+/// followed by `.`.
+pub fn owning_root<'r>(roots: &'r [Vec<u8>], name: &[u8]) -> Option<&'r [u8]> {
+    roots
+        .iter()
+        .filter(|r| {
+            name == r.as_slice()
+                || (name.len() > r.len() && name.starts_with(r) && name[r.len()] == b'.')
+        })
+        .max_by_key(|r| r.len())
+        .map(Vec::as_slice)
+}
+
+fn sha1_file(path: &Path) -> std::io::Result<[u8; 20]> {
+    use sha1::{Digest, Sha1};
+    let mut f = File::open(path)?;
+    let mut h = Sha1::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// A read-only view of a small file (cache), mapped.
+mod memmapped {
+    use std::path::Path;
+
+    pub struct Buf(crate::spool::db::Mapped);
+
+    impl Buf {
+        pub fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    pub fn open(p: &Path) -> Option<Buf> {
+        let f = std::fs::File::open(p).ok()?;
+        crate::spool::db::map_file(&f).ok().map(Buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owning_root_is_longest_prefix_at_a_dot() {
+        let roots = vec![
+            b"user.alice".to_vec(),
+            b"user.alice.Sub".to_vec(),
+            b"user.al".to_vec(),
+        ];
+        assert_eq!(owning_root(&roots, b"user.alice"), Some(&b"user.alice"[..]));
+        assert_eq!(
+            owning_root(&roots, b"user.alice.Sub.Deep"),
+            Some(&b"user.alice.Sub"[..])
+        );
+        assert_eq!(
+            owning_root(&roots, b"user.alice.Subway"),
+            Some(&b"user.alice"[..])
+        );
+        assert_eq!(owning_root(&roots, b"user.alan"), None);
+    }
+}
