@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     match cmd::run(cli) {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {
-            eprintln!("cyrkit: error: {e:#}");
+            eprintln!("cyrkit: error: {}", cmd::error_chain(&e));
             ExitCode::from(cmd::exit_code_for_error(&e))
         }
     }

@@ -102,6 +102,23 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
 }
 
+/// The error and its causes on one line, leaving out a cause whose text the message
+/// before it already carries (many typed errors print their source themselves).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// The exit code for a command that failed outright.
 pub fn exit_code_for_error(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
