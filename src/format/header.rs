@@ -711,6 +711,13 @@ impl MailboxHeader {
         for flag in &self.user_flags {
             if let Some(f) = flag {
                 check("user flag", f, b" \n")?;
+                if f.is_empty() {
+                    // An empty token reads back as "no flag at this index".
+                    return Err(HeaderError::NotRepresentableInText {
+                        what: "empty user flag name",
+                        byte: ' ',
+                    });
+                }
                 out.extend_from_slice(f);
             }
             out.push(b' ');
@@ -906,6 +913,21 @@ mod tests {
             Err(HeaderError::LiteralInDlistLine)
         );
         assert!(h.write_as(HeaderFormat::Text).is_ok());
+    }
+
+    #[test]
+    fn empty_flag_name_is_not_a_text_hole() {
+        // Found by fuzzing: `U (a "" b)` defines an empty-named flag, which the text
+        // layout would turn into a hole.
+        let h = parse(&file(b"%(T e N x I y U (a \"\" b))\n")).unwrap();
+        assert_eq!(h.user_flags[1], Some(Vec::new()));
+        assert!(matches!(
+            h.write_as(HeaderFormat::Text),
+            Err(HeaderError::NotRepresentableInText {
+                what: "empty user flag name",
+                ..
+            })
+        ));
     }
 
     #[test]
