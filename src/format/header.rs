@@ -476,6 +476,8 @@ pub enum HeaderError {
     NotKvList,
     #[error("cyrus.header: key {key}: {why}")]
     BadField { key: &'static str, why: String },
+    #[error("cyrus.header: a field needs a dlist literal (8-bit, '%', '\\', CR/LF or 1024+ bytes), which cannot live on the header's single line")]
+    LiteralInDlistLine,
     #[error("cyrus.header: {what} cannot be written in the text layout (contains {byte:?})")]
     NotRepresentableInText { what: &'static str, byte: char },
 }
@@ -632,7 +634,13 @@ impl MailboxHeader {
         let mut out = MAILBOX_HEADER_MAGIC.to_vec();
         match format {
             HeaderFormat::Dlist => {
-                dlist::write_into(&self.to_dlist(), &mut out);
+                let line = dlist::write(&self.to_dlist());
+                if line.contains(&b'\n') {
+                    // Cyrus would print a literal here and produce a header whose line
+                    // ends inside it: a file that no Cyrus can read back.
+                    return Err(HeaderError::LiteralInDlistLine);
+                }
+                out.extend_from_slice(&line);
                 out.push(b'\n');
             }
             HeaderFormat::Text => self.write_text_lines(&mut out)?,
@@ -703,6 +711,13 @@ impl MailboxHeader {
         for flag in &self.user_flags {
             if let Some(f) = flag {
                 check("user flag", f, b" \n")?;
+                if f.is_empty() {
+                    // An empty token reads back as "no flag at this index".
+                    return Err(HeaderError::NotRepresentableInText {
+                        what: "empty user flag name",
+                        byte: ' ',
+                    });
+                }
                 out.extend_from_slice(f);
             }
             out.push(b' ');
@@ -882,6 +897,36 @@ mod tests {
         assert!(matches!(
             parse(&file(many.as_bytes())),
             Err(HeaderError::TooManyFlags)
+        ));
+    }
+
+    #[test]
+    fn fields_needing_a_literal_cannot_be_written_as_dlist() {
+        // Found by fuzzing: an 8-bit atom is read (as _parsesax does) but would be
+        // written as a literal, whose CRLF ends the header line.
+        let h = parse(&file(b"%(T e N x I q9e\x89wk26)\n")).unwrap();
+        assert_eq!(h.write(), Err(HeaderError::LiteralInDlistLine));
+        let mut h = parse(&file(b"\tid\n\n\n")).unwrap();
+        h.user_flags = vec![Some(b"50%".to_vec())];
+        assert_eq!(
+            h.write_as(HeaderFormat::Dlist),
+            Err(HeaderError::LiteralInDlistLine)
+        );
+        assert!(h.write_as(HeaderFormat::Text).is_ok());
+    }
+
+    #[test]
+    fn empty_flag_name_is_not_a_text_hole() {
+        // Found by fuzzing: `U (a "" b)` defines an empty-named flag, which the text
+        // layout would turn into a hole.
+        let h = parse(&file(b"%(T e N x I y U (a \"\" b))\n")).unwrap();
+        assert_eq!(h.user_flags[1], Some(Vec::new()));
+        assert!(matches!(
+            h.write_as(HeaderFormat::Text),
+            Err(HeaderError::NotRepresentableInText {
+                what: "empty user flag name",
+                ..
+            })
         ));
     }
 

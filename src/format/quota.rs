@@ -511,4 +511,31 @@ mod tests {
         );
         assert_eq!(alice.modseq, Some(16));
     }
+
+    #[test]
+    fn fixture_quota_files_and_quotas_db_round_trip() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let mut n = 0;
+        for entry in walkdir::WalkDir::new(&root).into_iter().flatten() {
+            let p = entry.path();
+            let in_quota_dir = p
+                .parent()
+                .and_then(|d| d.parent())
+                .is_some_and(|d| d.ends_with("quota"));
+            if entry.file_type().is_file() && in_quota_dir {
+                let data = std::fs::read(p).unwrap();
+                let q = parse_legacy_file(&data).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                assert_eq!(write_legacy_file(&q), data, "{}", p.display());
+                n += 1;
+            }
+        }
+        if let Ok(db) = std::fs::read(root.join("uuid/conf/quotas.db")) {
+            for (key, value) in crate::format::mboxlist::test_scan::twoskip(&db) {
+                let q = parse_value(&value).unwrap_or_else(|e| panic!("{key:?}: {e}"));
+                assert_eq!(write_value(&q), value);
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "only {n} quota records");
+    }
 }
