@@ -1322,6 +1322,20 @@ pub fn convert_record(r: &IndexRecord, from: u32, to: u32) -> Result<IndexRecord
     Ok(out)
 }
 
+/// A whole `cyrus.index` converted to version `to` with [`convert_header`] and
+/// [`convert_record`] (no repack: same records, generation and counts). Fails on a file whose
+/// records are not all present.
+pub fn convert_index(buf: &[u8], to: u32) -> Result<Vec<u8>, IndexError> {
+    let idx = Index::open(buf)?;
+    let from = idx.version();
+    let header = convert_header(idx.header(), to)?;
+    let records = idx
+        .records()
+        .map(|r| convert_record(&r?, from, to))
+        .collect::<Result<Vec<_>, _>>()?;
+    write_index(&header, &records, to)
+}
+
 // ---------------------------------------------------------------------------------------------
 // GUIDs and sync CRCs
 
@@ -2303,20 +2317,9 @@ mod tests {
     fn conversion_down_and_up_through_v17() {
         for n in MIN_VERSION..=17 {
             let (_, _, bytes) = sample_index(n, 3);
-            let idx = Index::open(&bytes).unwrap();
-            let h17 = convert_header(idx.header(), 17).unwrap();
-            let recs17: Vec<IndexRecord> = idx
-                .records()
-                .map(|r| convert_record(&r.unwrap(), n, 17).unwrap())
-                .collect();
-            let f17 = write_index(&h17, &recs17, 17).unwrap();
-            let idx17 = Index::open(&f17).unwrap();
-            let back_h = convert_header(idx17.header(), n).unwrap();
-            let back_r: Vec<IndexRecord> = idx17
-                .records()
-                .map(|r| convert_record(&r.unwrap(), 17, n).unwrap())
-                .collect();
-            assert_eq!(write_index(&back_h, &back_r, n).unwrap(), bytes, "v{n}");
+            let f17 = convert_index(&bytes, 17).unwrap();
+            assert_eq!(Index::open(&f17).unwrap().version(), 17);
+            assert_eq!(convert_index(&f17, n).unwrap(), bytes, "v{n}");
         }
     }
 
@@ -2528,21 +2531,10 @@ mod tests {
     #[test]
     fn index_versions_round_trip_through_v17() {
         for n in 12..=16 {
-            let (h, recs, bytes) = load(n);
-            let h17 = convert_header(&h, 17).unwrap();
-            let r17: Vec<IndexRecord> = recs
-                .iter()
-                .map(|r| convert_record(r, n, 17).unwrap())
-                .collect();
-            let f17 = write_index(&h17, &r17, 17).unwrap();
-            let idx17 = Index::open(&f17).unwrap();
-            let back_h = convert_header(idx17.header(), n).unwrap();
-            let back_r: Vec<IndexRecord> = idx17
-                .records()
-                .map(|r| convert_record(&r.unwrap(), 17, n).unwrap())
-                .collect();
+            let (_, _, bytes) = load(n);
+            let f17 = convert_index(&bytes, 17).unwrap();
             assert_eq!(
-                write_index(&back_h, &back_r, n).unwrap(),
+                convert_index(&f17, n).unwrap(),
                 bytes,
                 "v{n} -> v17 -> v{n}"
             );
