@@ -301,6 +301,13 @@ impl MboxName {
         }
         for c in self.localpart.iter().chain(self.boxes.iter()) {
             check_component(whole, c)?;
+            // Without a domain, a `!` would be read back as the domain separator.
+            if self.domain.is_none() && c.contains(&b'!') {
+                return Err(NameError::ForbiddenByte {
+                    name: lossy(whole),
+                    byte: b'!',
+                });
+            }
         }
         if self.localpart.is_none() && self.boxes.is_empty() {
             return Err(NameError::Empty);
@@ -772,6 +779,12 @@ mod tests {
             );
         }
         assert!(MboxName::from_dbname(b"user\x1Fa^b", &n).is_err());
+        // regression (fuzz): a `!` without a domain would turn into one when re-read
+        assert!(MboxName::user_inbox(b"!", &n).is_err());
+        assert!(MboxName::from_dbname(b"user\x1Fa!b", &n).is_err());
+        // with a domain, later `!`s are ordinary characters
+        let d = int("d!user.a!b", &n);
+        assert_eq!(d.localpart(), Some(&b"a!b"[..]));
         assert!(MboxName::from_dbname(b"user\x1F\x1Fa", &n).is_err());
         let long = format!("user.{}", "a".repeat(256));
         assert!(matches!(
