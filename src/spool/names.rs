@@ -104,8 +104,10 @@ impl NameConfig {
         Ok(nc)
     }
 
-    /// Checks that the deleted prefix can be a component (no `.`, `^`, `/`, ...).
+    /// Checks that the deleted prefix can be a component (no `.`, `^`, `/`, ...) and the
+    /// default domain a directory name (quotalegacy writes it into paths).
     pub fn check(&self) -> Result<(), NameError> {
+        check_domain(&self.default_domain, &self.default_domain)?;
         let p = &self.deleted_prefix;
         if p.is_empty() || p.contains(&b'.') || check_component(p, p).is_err() {
             return Err(NameError::BadDeletedPrefix { prefix: lossy(p) });
@@ -829,6 +831,9 @@ mod tests {
         c.deleted_prefix = b"DEL.ETED".to_vec();
         assert!(c.check().is_err());
         c.deleted_prefix = b"Trash-deleted".to_vec();
+        c.default_domain = b"..".to_vec();
+        assert!(matches!(c.check(), Err(NameError::BadDomain { .. })));
+        c.default_domain = b"example.net".to_vec();
         assert!(c.check().is_ok());
         let n = MboxName::from_internal(b"Trash-deleted.user.a.5", &c).unwrap();
         assert_eq!(n.deleted().unwrap().stamp, 5);
