@@ -104,8 +104,10 @@ impl NameConfig {
         Ok(nc)
     }
 
-    /// Checks that the deleted prefix can be a component (no `.`, `^`, `/`, ...).
+    /// Checks that the deleted prefix can be a component (no `.`, `^`, `/`, ...) and the
+    /// default domain a directory name (quotalegacy writes it into paths).
     pub fn check(&self) -> Result<(), NameError> {
+        check_domain(&self.default_domain, &self.default_domain)?;
         let p = &self.deleted_prefix;
         if p.is_empty() || p.contains(&b'.') || check_component(p, p).is_err() {
             return Err(NameError::BadDeletedPrefix { prefix: lossy(p) });
@@ -301,6 +303,13 @@ impl MboxName {
         }
         for c in self.localpart.iter().chain(self.boxes.iter()) {
             check_component(whole, c)?;
+            // Without a domain, a `!` would be read back as the domain separator.
+            if self.domain.is_none() && c.contains(&b'!') {
+                return Err(NameError::ForbiddenByte {
+                    name: lossy(whole),
+                    byte: b'!',
+                });
+            }
         }
         if self.localpart.is_none() && self.boxes.is_empty() {
             return Err(NameError::Empty);
@@ -772,6 +781,12 @@ mod tests {
             );
         }
         assert!(MboxName::from_dbname(b"user\x1Fa^b", &n).is_err());
+        // regression (fuzz): a `!` without a domain would turn into one when re-read
+        assert!(MboxName::user_inbox(b"!", &n).is_err());
+        assert!(MboxName::from_dbname(b"user\x1Fa!b", &n).is_err());
+        // with a domain, later `!`s are ordinary characters
+        let d = int("d!user.a!b", &n);
+        assert_eq!(d.localpart(), Some(&b"a!b"[..]));
         assert!(MboxName::from_dbname(b"user\x1F\x1Fa", &n).is_err());
         let long = format!("user.{}", "a".repeat(256));
         assert!(matches!(
@@ -816,6 +831,9 @@ mod tests {
         c.deleted_prefix = b"DEL.ETED".to_vec();
         assert!(c.check().is_err());
         c.deleted_prefix = b"Trash-deleted".to_vec();
+        c.default_domain = b"..".to_vec();
+        assert!(matches!(c.check(), Err(NameError::BadDomain { .. })));
+        c.default_domain = b"example.net".to_vec();
         assert!(c.check().is_ok());
         let n = MboxName::from_internal(b"Trash-deleted.user.a.5", &c).unwrap();
         assert_eq!(n.deleted().unwrap().stamp, 5);

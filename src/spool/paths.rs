@@ -878,4 +878,199 @@ mod tests {
             Err(PathError::TooLong(_))
         ));
     }
+
+    /// The fixture stores written by real Cyrus 3.6.1 (`fixtures/legacy`, `fixtures/uuid`):
+    /// every mailbox of `expected/ctl_mboxlist-d.json` must map to exactly the directory that
+    /// holds its `cyrus.header` (with the uniqueid in it), every header directory must be
+    /// such a mailbox, and every message, quota and per-user file must be where our functions
+    /// put it.
+    mod real_cyrus_fixtures {
+        use super::*;
+        use std::collections::BTreeSet;
+
+        fn fixture(name: &str) -> PathBuf {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures")
+                .join(name)
+        }
+
+        /// `N` and `I` of a dlist `cyrus.header` (4th line `%(T .. N .. I ..`): atoms or
+        /// quoted strings, in the order Cyrus writes them.
+        fn header_name_and_id(path: &Path) -> (Vec<u8>, String) {
+            let data = std::fs::read(path).unwrap();
+            let line = data.split(|&b| b == b'\n').nth(3).unwrap();
+            let mut rest = line.strip_prefix(b"%(").unwrap();
+            let (mut name, mut id) = (None, None);
+            while name.is_none() || id.is_none() {
+                let sp = rest.iter().position(|&b| b == b' ').unwrap();
+                let key = &rest[..sp];
+                rest = &rest[sp + 1..];
+                let value = if rest[0] == b'"' {
+                    let end = 1 + rest[1..].iter().position(|&b| b == b'"').unwrap();
+                    let v = rest[1..end].to_vec();
+                    rest = &rest[end + 2..];
+                    v
+                } else {
+                    let end = rest.iter().position(|&b| b == b' ').unwrap();
+                    let v = rest[..end].to_vec();
+                    rest = &rest[end + 1..];
+                    v
+                };
+                match key {
+                    b"N" => name = Some(value),
+                    b"I" => id = Some(String::from_utf8(value).unwrap()),
+                    _ => {}
+                }
+            }
+            (name.unwrap(), id.unwrap())
+        }
+
+        fn files_under(dir: &Path) -> Vec<PathBuf> {
+            walkdir::WalkDir::new(dir)
+                .into_iter()
+                .map(|e| e.unwrap())
+                .filter(|e| e.file_type().is_file())
+                .map(|e| e.into_path())
+                .collect()
+        }
+
+        fn check_store(fixture_name: &str) -> usize {
+            let root = fixture(fixture_name);
+            let config = Config::load(&root.join("imapd.conf")).unwrap();
+            let l = Layout::from_config(&config).unwrap();
+            let spool = root.join("spool");
+            assert_eq!(l.partition("default").unwrap().data, spool);
+
+            let dump = std::fs::read_to_string(root.join("expected/ctl_mboxlist-d.json")).unwrap();
+            let dump: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&dump).unwrap();
+            let mut expected_dirs = BTreeSet::new();
+            let mut tombstones = 0;
+            for (intname, entry) in &dump {
+                let id = entry["uniqueid"].as_str().unwrap();
+                let mbtype = entry["mbtype"].as_str().unwrap();
+                let name = MboxName::from_internal(intname.as_bytes(), &l.names).unwrap();
+                assert_eq!(name.to_internal(), intname.as_bytes());
+                if mbtype.contains('d') {
+                    // a tombstone (deleted, no partition): no directory
+                    tombstones += 1;
+                    continue;
+                }
+                let legacy = mbtype.contains('l');
+                let part = entry["partition"].as_str().unwrap();
+                let db = name.to_dbname();
+                assert_eq!(MboxName::from_dbname(&db, &l.names).unwrap(), name);
+                let ext = name.to_external(&l.names).unwrap();
+                assert_eq!(MboxName::from_external(&ext, &l.names).unwrap(), name);
+                let dir = if legacy {
+                    MailboxDir::Legacy(&name)
+                } else {
+                    MailboxDir::Uuid(id)
+                };
+                let data = l.data_dir(part, dir).unwrap();
+                let header = l.meta_file(part, dir, MetaFile::Header, false).unwrap();
+                assert_eq!(header, data.join("cyrus.header"));
+                assert!(header.is_file(), "{intname}: no {}", header.display());
+                assert!(l
+                    .meta_file(part, dir, MetaFile::Index, false)
+                    .unwrap()
+                    .is_file());
+                let (hname, hid) = header_name_and_id(&header);
+                assert_eq!(hid, id, "{intname}");
+                // The header N parses and round-trips (a renamed legacy mailbox, such as
+                // the DELETED one, keeps its old N: mailboxes.db is authoritative).
+                let hn = MboxName::from_internal(&hname, &l.names).unwrap();
+                assert_eq!(hn.to_internal(), hname);
+                if hn.deleted().is_none() && name.deleted().is_none() {
+                    assert_eq!(hn, name);
+                }
+                for f in std::fs::read_dir(&data).unwrap() {
+                    let f = f.unwrap();
+                    let fname = f.file_name();
+                    if let Some(uid) = parse_message_file_name(fname.as_bytes()) {
+                        assert_eq!(l.message_file(part, dir, uid).unwrap(), f.path());
+                    } else {
+                        let n = fname.to_string_lossy();
+                        assert!(n.starts_with("cyrus.") || f.path().is_dir(), "odd {n}");
+                    }
+                }
+                expected_dirs.insert(data);
+            }
+            let header_dirs: BTreeSet<PathBuf> = files_under(&spool)
+                .into_iter()
+                .filter(|p| p.file_name() == Some(OsStr::new("cyrus.header")))
+                .map(|p| p.parent().unwrap().to_path_buf())
+                .collect();
+            assert_eq!(header_dirs, expected_dirs);
+            assert_eq!(expected_dirs.len() + tombstones, dump.len());
+            expected_dirs.len()
+        }
+
+        #[test]
+        fn legacy_store_mailbox_dirs() {
+            assert_eq!(check_store("legacy"), 14);
+        }
+
+        #[test]
+        fn uuid_store_mailbox_dirs() {
+            assert!(check_store("uuid") >= 14);
+        }
+
+        #[test]
+        fn legacy_store_quota_and_user_files() {
+            let root = fixture("legacy");
+            let l = Layout::from_config(&Config::load(&root.join("imapd.conf")).unwrap()).unwrap();
+            let quota = files_under(&root.join("conf/quota"));
+            assert_eq!(quota.len(), 5);
+            for q in quota {
+                let name = q.file_name().unwrap().as_bytes();
+                assert_eq!(l.quotalegacy_file(name).unwrap(), q);
+            }
+            let users = files_under(&root.join("conf/user"));
+            assert!(!users.is_empty());
+            for u in users {
+                let fname = u.file_name().unwrap().as_bytes();
+                let dot = fname.iter().rposition(|&b| b == b'.').unwrap();
+                let file = match &fname[dot + 1..] {
+                    b"seen" => UserFile::Seen,
+                    b"sub" => UserFile::Subscriptions,
+                    b"counters" => UserFile::Counters,
+                    b"conversations" => UserFile::Conversations,
+                    other => panic!("unexpected {:?}", String::from_utf8_lossy(other)),
+                };
+                assert_eq!(l.user_file(&fname[..dot], file, None).unwrap(), u);
+            }
+        }
+
+        #[test]
+        fn uuid_store_user_files() {
+            let root = fixture("uuid");
+            let l = Layout::from_config(&Config::load(&root.join("imapd.conf")).unwrap()).unwrap();
+            let mut checked = 0;
+            for u in files_under(&root.join("conf/user")) {
+                let rel = u.strip_prefix(root.join("conf/user")).unwrap();
+                let parts: Vec<&str> = rel.iter().map(|c| c.to_str().unwrap()).collect();
+                match parts.as_slice() {
+                    ["uuid", _, _, id, file] => {
+                        let suffix = file.strip_suffix(".db").unwrap();
+                        let kind = match suffix {
+                            "seen" => UserFile::Seen,
+                            "sub" => UserFile::Subscriptions,
+                            "counters" => UserFile::Counters,
+                            "conversations" => UserFile::Conversations,
+                            other => panic!("unexpected {other}"),
+                        };
+                        assert_eq!(l.user_file(b"ignored", kind, Some(id)).unwrap(), u);
+                    }
+                    // the admin `cyrus` has no INBOX: legacy per-user path, fulldirhash
+                    [_, "cyrus.seen"] => {
+                        assert_eq!(l.user_file(b"cyrus", UserFile::Seen, None).unwrap(), u);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+                checked += 1;
+            }
+            assert!(checked > 0);
+        }
+    }
 }
