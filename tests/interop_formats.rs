@@ -835,18 +835,7 @@ fn replace_in_spool(path: &Path, bytes: &[u8]) {
 /// Stores the derived counts and sync CRCs of `records` in `h`.
 fn rederive(h: &mut IndexHeader, records: &[IndexRecord], version: u32, m: &MailboxHeader) {
     let d = index::derive(records, version, &m.user_flags, None);
-    h.exists = d.exists;
-    h.answered = d.answered;
-    h.flagged = d.flagged;
-    h.deleted = d.deleted;
-    h.unseen = d.unseen;
-    h.quota_mailbox_used = d.quota_mailbox_used;
-    if version >= 18 {
-        h.quota_deleted_used = d.quota_deleted_used;
-        h.quota_expunged_used = d.quota_expunged_used;
-    }
-    h.sync_crc_basic = d.sync_crc_basic;
-    h.sync_crc_annot = d.sync_crc_annot;
+    h.apply_derived(&d, version);
 }
 
 /// What `reconstruct -n` says about one mailbox (Cyrus prints just the name when all is well).

@@ -856,6 +856,27 @@ fn first_nonzero_spare(buf: &[u8], covered: &[bool]) -> Option<usize> {
 // Field access
 
 impl IndexHeader {
+    /// Store the values [`derive`] recomputed, each only where `version` has the field
+    /// (`unseen` from v14, `sync_crc_annot` from v13, the deleted/expunged sums from v18).
+    pub fn apply_derived(&mut self, d: &Derived, version: u32) {
+        self.exists = d.exists;
+        self.answered = d.answered;
+        self.flagged = d.flagged;
+        self.deleted = d.deleted;
+        self.quota_mailbox_used = d.quota_mailbox_used;
+        self.sync_crc_basic = d.sync_crc_basic;
+        if version >= 13 {
+            self.sync_crc_annot = d.sync_crc_annot;
+        }
+        if version >= 14 {
+            self.unseen = d.unseen;
+        }
+        if version >= 18 {
+            self.quota_deleted_used = d.quota_deleted_used;
+            self.quota_expunged_used = d.quota_expunged_used;
+        }
+    }
+
     fn get(&self, f: Hf) -> u64 {
         match f {
             Hf::GenerationNo => self.generation_no.into(),
@@ -1889,22 +1910,7 @@ mod tests {
             changes_epoch: 1_700_000_800,
             ..IndexHeader::default()
         };
-        h.exists = d.exists;
-        h.answered = d.answered;
-        h.flagged = d.flagged;
-        h.deleted = d.deleted;
-        h.quota_mailbox_used = d.quota_mailbox_used;
-        h.sync_crc_basic = d.sync_crc_basic;
-        if version >= 13 {
-            h.sync_crc_annot = d.sync_crc_annot;
-        }
-        if version >= 14 {
-            h.unseen = d.unseen;
-        }
-        if version >= 18 {
-            h.quota_deleted_used = d.quota_deleted_used;
-            h.quota_expunged_used = d.quota_expunged_used;
-        }
+        h.apply_derived(&d, version);
         let h = convert_header(
             &IndexHeader {
                 minor_version: 17,
