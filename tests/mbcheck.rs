@@ -1288,6 +1288,25 @@ fn fresh_spool(opts: &CyrusOptions, n: &Names, what: &str) {
         snapshot(cy.root()),
         "{what}: mbcheck changed the spool"
     );
+    // Cyrus's own maintenance: cyr_expire unlinks the expunged message (record kept,
+    // file gone) and removes the delayed-deleted mailbox; still clean.
+    let out = cy
+        .run_tool("cyr_expire", &["-X", "0", "-D", "0", "-E", "0"])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cyr_expire: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = message_files(&cy.spool_dir());
+    let c = check(&cy.conf_path(), &["-G"]);
+    assert_clean(&c, &format!("{what}, after cyr_expire"));
+    assert_eq!(c.json["messages_checked"].as_u64(), Some(files));
+    assert_eq!(
+        c.json["mailboxes_checked"].as_u64(),
+        Some(live_entries(&cy)),
+        "{what}, after cyr_expire"
+    );
 }
 
 #[test]
