@@ -32,7 +32,7 @@ use crate::spool::lock::{self, LockMode};
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
 use crate::spool::names::{MboxName, NameConfig};
 use crate::spool::paths::{self, Layout, MailboxDir, MetaFile};
-use crate::spool::quota::load_roots;
+use crate::spool::quota::{load_roots, StoredRoot};
 
 /// How long to wait for a lock a running Cyrus holds before giving up (exit 75).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -97,6 +97,8 @@ pub struct Report {
     pub mailboxes_checked: u64,
     pub messages_checked: u64,
     pub findings: Vec<Finding>,
+    /// Mailbox arguments that name no mailbox in the database (the check is incomplete).
+    pub not_found: Vec<String>,
 }
 
 struct Checker<'a> {
@@ -109,6 +111,9 @@ struct Checker<'a> {
     quota_usage: BTreeMap<Vec<u8>, [u64; 4]>,
     /// Directories (holding cyrus.header) that the database accounts for.
     expected_dirs: BTreeSet<PathBuf>,
+    /// Names of the stored quota roots (internal), to charge a mailbox whose header cannot
+    /// be read to the root Cyrus would give it.
+    quota_roots: Vec<Vec<u8>>,
 }
 
 pub fn run(common: &Common, args: &MbcheckArgs) -> anyhow::Result<Outcome> {
@@ -118,7 +123,13 @@ pub fn run(common: &Common, args: &MbcheckArgs) -> anyhow::Result<Outcome> {
         args,
         !common.no_progress && !common.quiet && !common.json,
     )?;
-    let outcome = if report.findings.is_empty() {
+    for a in &report.not_found {
+        eprintln!("cyrkit: mailbox {a} does not exist");
+    }
+    // A named mailbox that does not exist was not checked: never report that as clean.
+    let outcome = if !report.not_found.is_empty() {
+        Outcome::Partial
+    } else if report.findings.is_empty() {
         Outcome::Clean
     } else {
         Outcome::Findings
@@ -141,6 +152,7 @@ fn json_report(report: &Report) -> serde_json::Value {
         "mailboxes_checked": report.mailboxes_checked,
         "messages_checked": report.messages_checked,
         "findings": report.findings,
+        "not_found": report.not_found,
         "summary": by_kind,
     })
 }
@@ -189,6 +201,7 @@ pub fn check(config: &Config, args: &MbcheckArgs, progress: bool) -> anyhow::Res
     let layout = Layout::from_config(config).context("laying out the spool")?;
     let nc = NameConfig::from_config(config).context("reading the namespace options")?;
     let mboxlist = Mboxlist::load(config, &nc, LOCK_TIMEOUT)?;
+    let stored_quota = load_roots(config, &layout, LOCK_TIMEOUT)?;
     let mut c = Checker {
         config,
         layout,
@@ -197,10 +210,12 @@ pub fn check(config: &Config, args: &MbcheckArgs, progress: bool) -> anyhow::Res
         report: Report::default(),
         quota_usage: BTreeMap::new(),
         expected_dirs: BTreeSet::new(),
+        quota_roots: stored_quota.keys().cloned().collect(),
     };
     c.check_database(&mboxlist);
 
-    let selected = c.select(&mboxlist, args)?;
+    let (selected, not_found) = c.select(&mboxlist, args)?;
+    c.report.not_found = not_found;
     let bar = crate::ui::progress_for("mbcheck", progress);
     bar.set_length(selected.len() as u64);
     for m in &selected {
@@ -221,7 +236,7 @@ pub fn check(config: &Config, args: &MbcheckArgs, progress: bool) -> anyhow::Res
         }
         c.check_orphan_dirs();
     }
-    c.check_quota(&mboxlist, args, &selected)?;
+    c.check_quota(&stored_quota, args, &selected);
     Ok(c.report)
 }
 
@@ -253,34 +268,68 @@ impl Checker<'_> {
         format!("cyrkit reconstruct {extra}{ext}")
     }
 
-    /// The mailboxes the arguments name (external names; `-r` adds children).
+    /// The mailboxes the arguments name (external names; `-r` adds children), and the
+    /// arguments that match no mailbox at all.
     fn select<'m>(
         &self,
         mboxlist: &'m Mboxlist,
         args: &MbcheckArgs,
-    ) -> anyhow::Result<Vec<&'m MboxRecord>> {
+    ) -> anyhow::Result<(Vec<&'m MboxRecord>, Vec<String>)> {
         if args.mailboxes.is_empty() {
-            return Ok(mboxlist.live().collect());
+            return Ok((mboxlist.live().collect(), Vec::new()));
         }
         let mut wanted = Vec::new();
         for a in &args.mailboxes {
-            let n = MboxName::from_external(a.as_bytes(), &self.nc)
-                .with_context(|| format!("mailbox name {a:?}"))?;
-            wanted.push(n.to_internal());
+            wanted.push((a, self.internal_arg(a, args.recursive)?));
         }
-        Ok(mboxlist
+        let covers = |w: &[u8], int: &[u8]| {
+            int == w
+                || (args.recursive
+                    && int.len() > w.len()
+                    && int.starts_with(w)
+                    && int.get(w.len()) == Some(&b'.'))
+        };
+        let selected = mboxlist
             .live()
             .filter(|m| {
                 let int = m.name.to_internal();
-                wanted.iter().any(|w| {
-                    int == *w
-                        || (args.recursive
-                            && int.len() > w.len()
-                            && int.starts_with(w)
-                            && int[w.len()] == b'.')
-                })
+                wanted.iter().any(|(_, w)| covers(w, &int))
             })
-            .collect())
+            .collect::<Vec<_>>();
+        let not_found = wanted
+            .iter()
+            .filter(|(_, w)| !selected.iter().any(|m| covers(w, &m.name.to_internal())))
+            .map(|(a, _)| a.to_string())
+            .collect();
+        Ok((selected, not_found))
+    }
+
+    /// The internal name of a mailbox argument. With `-r` the argument may be a hierarchy
+    /// prefix that is no mailbox name by itself (`-r user`), as Cyrus's reconstruct takes it
+    /// (it appends `.*` to whatever the argument converts to): such a prefix is converted
+    /// with a dummy child component added and removed again.
+    fn internal_arg(&self, arg: &str, recursive: bool) -> anyhow::Result<Vec<u8>> {
+        let direct = MboxName::from_external(arg.as_bytes(), &self.nc);
+        let err = match direct {
+            Ok(n) => return Ok(n.to_internal()),
+            Err(e) => e,
+        };
+        const DUMMY: &str = "cyrkit-prefix";
+        let sep = if self.nc.unixhierarchysep { '/' } else { '.' };
+        let (local, domain) = match arg.rfind('@') {
+            Some(i) if self.nc.virtdomains.enabled() => arg.split_at(i),
+            _ => (arg, ""),
+        };
+        let child = format!("{local}{sep}{DUMMY}{domain}");
+        let prefix = MboxName::from_external(child.as_bytes(), &self.nc)
+            .ok()
+            .filter(|_| recursive)
+            .and_then(|n| {
+                n.to_internal()
+                    .strip_suffix(format!(".{DUMMY}").as_bytes())
+                    .map(<[u8]>::to_vec)
+            });
+        prefix.ok_or_else(|| anyhow::anyhow!("mailbox name {arg:?}: {err}"))
     }
 
     fn mailbox_dir<'n>(&self, m: &'n MboxRecord) -> Option<MailboxDir<'n>> {
@@ -406,11 +455,16 @@ impl Checker<'_> {
                 return Ok(());
             }
         };
-        if !data_dir.is_dir() {
+        // The mailbox exists where its cyrus.header lives. With a metapartition holding the
+        // header, the data directory is a separate one that Cyrus 3.6 creates only with the
+        // first file it writes there (cyrus.cache, a message): an empty mailbox has none.
+        // Files the records need that are missing there are reported one by one below.
+        let meta_dir = header_path.parent().unwrap_or(&data_dir).to_path_buf();
+        if !meta_dir.is_dir() {
             self.find(
                 Kind::MissingDirectory,
                 Some(ext.clone()),
-                Some(&data_dir),
+                Some(&meta_dir),
                 "mailbox directory is missing".into(),
                 format!(
                     "restore it from backup, or `{}` to recreate it empty",
@@ -524,17 +578,28 @@ impl Checker<'_> {
             );
         }
 
-        // Quota usage, as Cyrus charges it: from the index header.
-        if let Some(root) = header.as_ref().and_then(|h| h.quotaroot.clone()) {
+        // Quota usage, as Cyrus charges it: from the index header, to the root the
+        // cyrus.header names; when the header cannot be read, to the root Cyrus would give
+        // the mailbox (a missing header must not also show up as wrong quota usage).
+        let root = match &header {
+            Some(h) => h.quotaroot.clone(),
+            None => owning_root(&self.quota_roots, &m.name.to_internal()).map(<[u8]>::to_vec),
+        };
+        if let Some(root) = root {
             let u = self.quota_usage.entry(root).or_default();
-            u[Resource::Storage.index()] += ih.quota_mailbox_used;
-            u[Resource::Message.index()] += u64::from(ih.exists);
-            u[Resource::AnnotationStorage.index()] += ih.quota_annot_used;
-            u[Resource::NumFolders.index()] += 1;
+            // Values from disk: a hostile header must not overflow the sums.
+            for (res, v) in [
+                (Resource::Storage, ih.quota_mailbox_used),
+                (Resource::Message, u64::from(ih.exists)),
+                (Resource::AnnotationStorage, ih.quota_annot_used),
+                (Resource::NumFolders, 1),
+            ] {
+                let slot = &mut u[res.index()];
+                *slot = slot.saturating_add(v);
+            }
         }
 
         let records: Vec<IndexRecord> = idx.records().filter_map(Result::ok).collect();
-        drop(idx);
         self.check_cache_and_files(
             &ext,
             &records,
@@ -551,7 +616,13 @@ impl Checker<'_> {
 
     fn check_header(&mut self, m: &MboxRecord, h: &MailboxHeader, ext: &str, path: &Path) {
         let repair = self.reconstruct_cmd(ext, "");
-        if let Some(n) = &h.name {
+        // The name in the header is checked only in the uuid layout. In the legacy layout the
+        // path names the mailbox and Cyrus 3.6 never corrects `N`: a rename
+        // (mailbox_rename_copy) copies the old cyrus.header into the new directory, re-reads
+        // it and commits it with the old name, so after any RENAME the header names a former
+        // name of the mailbox. In the uuid layout mailbox_rename_nocopy rewrites `N`, and
+        // rebuilding the database from the spool takes the name from there.
+        if let Some(n) = h.name.as_ref().filter(|_| !m.entry.legacy_dirs()) {
             // A delayed delete renames the mailbox without rewriting its header (3.6
             // mboxlist_renamemailbox), so a DELETED mailbox's header keeps the old name.
             let deleted_ok = m.name.deleted().is_some() && *n == m.name.undeleted().to_internal();
@@ -810,11 +881,10 @@ impl Checker<'_> {
 
     fn check_quota(
         &mut self,
-        mboxlist: &Mboxlist,
+        stored: &BTreeMap<Vec<u8>, StoredRoot>,
         args: &MbcheckArgs,
         selected: &[&MboxRecord],
-    ) -> anyhow::Result<()> {
-        let stored = load_roots(self.config, &self.layout, LOCK_TIMEOUT)?;
+    ) {
         let whole = args.mailboxes.is_empty();
         // With mailbox arguments, only roots whose whole subtree was checked can be summed.
         let checked: BTreeSet<Vec<u8>> = selected.iter().map(|m| m.name.to_internal()).collect();
@@ -862,8 +932,7 @@ impl Checker<'_> {
                 );
             }
         }
-        let _ = mboxlist;
-        for (root, s) in &stored {
+        for (root, s) in stored {
             if !root_covered(root) {
                 continue;
             }
@@ -930,7 +999,6 @@ impl Checker<'_> {
                 }
             }
         }
-        Ok(())
     }
 }
 
