@@ -13,6 +13,7 @@ fuzz_target!(|data: &[u8]| {
             continue;
         };
         let _ = db.verify();
+        // The live set is kept sorted in this order, so get finds every key.
         for (k, v) in db.iter().filter_map(Result::ok) {
             assert_eq!(db.get(k).unwrap(), Some(v));
         }

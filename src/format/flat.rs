@@ -196,16 +196,28 @@ impl<'a> FlatDb<'a> {
             .map(|i| decode(self.lines[i].value)))
     }
 
-    /// Lines out of order or duplicated (binary search would miss keys).
+    /// Lines out of order or duplicated, and keys not escaped the way `encode` would
+    /// (e.g. a lone trailing 0xFF, or `FF 01` for 0x01): binary search, which encodes
+    /// the key it looks for, would miss them — in Cyrus as here.
     pub fn verify(&self) -> Vec<DbError> {
-        self.lines
+        let noncanonical = self
+            .lines
+            .iter()
+            .filter(|l| *encode(&decode(l.key)) != *l.key)
+            .map(|l| DbError::BadRecord {
+                backend: BACKEND,
+                offset: l.offset,
+                problem: "key is not canonically escaped, so lookups cannot find it",
+            });
+        let unordered = self
+            .lines
             .windows(2)
             .filter(|w| line_order(w[0].key, w[1].key) != Ordering::Less)
             .map(|w| DbError::OutOfOrder {
                 backend: BACKEND,
                 offset: w[1].offset,
-            })
-            .collect()
+            });
+        noncanonical.chain(unordered).collect()
     }
 }
 
@@ -320,5 +332,23 @@ mod tests {
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].offset(), 4);
         assert_eq!(FlatDb::open(b"").unwrap().len(), 0);
+    }
+
+    /// Fuzz find: a key ending in a lone 0xFF decodes to something that encodes
+    /// differently, so get() cannot find it; verify must say so.
+    #[test]
+    fn noncanonical_escape_is_reported() {
+        let buf = b"a\t1\nb\xff\t2\nc\xff\x01\t3\n";
+        let db = FlatDb::open(buf).unwrap();
+        assert_eq!(db.get(b"b").unwrap(), None);
+        let v = db.verify();
+        assert_eq!(
+            v.iter().map(DbError::offset).collect::<Vec<_>>(),
+            vec![4, 9]
+        );
+        assert_eq!(
+            FlatDb::open(b"a\t1\nb\xff\xff\t2\n").unwrap().verify(),
+            vec![]
+        );
     }
 }

@@ -8,6 +8,9 @@
 //! Cyrus's `recovery` does — INORDER records in file order, then every committed log
 //! transaction replayed, a partial last transaction ignored — and [`SkiplistDb::verify`]
 //! additionally walks the on-disk pointers and reports where they disagree.
+//! (A Cyrus process that does not run recovery — the file's `last_recovery` is newer
+//! than `db/skipstamp` — follows those pointers and *does* see a torn transaction,
+//! verified with `cyr_dbtool damage`; recovery at the next master start drops it.)
 //!
 //! Owns: reader ([`SkiplistDb`]), byte-exact raw layer ([`RawFile`]) and the fresh
 //! (checkpoint-shaped) writer ([`write_fresh`]). No I/O.
