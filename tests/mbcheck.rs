@@ -1054,6 +1054,10 @@ fn usage_errors_exit_2() {
     let r = mbcheck(&s.path("nonexistent/imapd.conf"), &[]);
     assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
     assert!(r.stderr.contains("imapd.conf"), "{}", r.stderr);
+    // A malformed mailbox name is a usage error, not an unprocessed mailbox.
+    let r = mbcheck(&s.conf(), &["bad..name"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("bad..name"), "{}", r.stderr);
 }
 
 #[test]

@@ -329,7 +329,7 @@ impl Checker<'_> {
                     .strip_suffix(format!(".{DUMMY}").as_bytes())
                     .map(<[u8]>::to_vec)
             });
-        prefix.ok_or_else(|| anyhow::anyhow!("mailbox name {arg:?}: {err}"))
+        prefix.ok_or_else(|| super::UsageError(format!("mailbox name {arg:?}: {err}")).into())
     }
 
     fn mailbox_dir<'n>(&self, m: &'n MboxRecord) -> Option<MailboxDir<'n>> {

@@ -14,6 +14,11 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_PARTIAL: u8 = 3;
 pub const EXIT_TEMPFAIL: u8 = 75;
 
+/// A command line that names something impossible (a malformed mailbox name, ...): exit 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 /// How a command ended when it did not fail outright.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -125,6 +130,7 @@ pub fn exit_code_for_error(e: &anyhow::Error) -> u8 {
         if cause
             .downcast_ref::<crate::spool::config::ConfigError>()
             .is_some()
+            || cause.downcast_ref::<UsageError>().is_some()
         {
             return EXIT_USAGE;
         }
