@@ -187,6 +187,45 @@ mod tests {
         );
     }
 
+    /// Run as root (as CI does), a process that becomes the spool's owner creates files
+    /// owned by that owner, never by root. The switch is per process, so it runs in a child.
+    #[test]
+    fn root_acts_as_the_owner_of_the_spool() {
+        if let Ok(dir) = std::env::var("CYRKIT_OWNER_CHILD") {
+            let dir = PathBuf::from(dir);
+            let switched = become_owner_of(&dir).unwrap();
+            assert_eq!(switched, Some((65534, 65534)));
+            replace(&dir.join("cyrus.header"), b"x").unwrap();
+            return;
+        }
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("spool");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        nix::unistd::chown(
+            &dir,
+            Some(nix::unistd::Uid::from_raw(65534)),
+            Some(nix::unistd::Gid::from_raw(65534)),
+        )
+        .unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "spool::atomic::tests::root_acts_as_the_owner_of_the_spool",
+            ])
+            .env("CYRKIT_OWNER_CHILD", &dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let m = fs::metadata(dir.join("cyrus.header")).unwrap();
+        assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o640));
+    }
+
     #[test]
     fn crash_at_each_step_leaves_old_or_new() {
         // Run ourselves as a child that replaces a file and aborts at step N.
