@@ -106,9 +106,41 @@ pub fn write_nstring(out: &mut Vec<u8>, s: Option<&[u8]>) {
     }
 }
 
+/// An "unstructured" header value as Cyrus stores it (`message_parse_string`): leading SP/TAB
+/// skipped, then every line break (CRLF or bare LF) removed, keeping the whitespace that
+/// follows it; trailing whitespace kept. `raw` is the field's bytes after the colon up to,
+/// not including, the field's final line ending.
+pub fn unstructured(raw: &[u8]) -> Vec<u8> {
+    let start = raw
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(raw.len());
+    let mut out = Vec::with_capacity(raw.len() - start);
+    let mut rest = &raw[start..];
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'\r' && tail.first() == Some(&b'\n') {
+            rest = &tail[1..];
+        } else if b == b'\n' {
+            rest = tail;
+        } else {
+            out.push(b);
+            rest = tail;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unstructured_unfolds() {
+        assert_eq!(unstructured(b"  Hello\r\n world \r\n\tagain"), b"Hello world \tagain");
+        assert_eq!(unstructured(b" a\nb"), b"ab");
+        assert_eq!(unstructured(b""), b"");
+        assert_eq!(unstructured(b" \t "), b"");
+    }
 
     #[test]
     fn nstring_forms() {
