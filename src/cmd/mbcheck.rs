@@ -32,7 +32,7 @@ use crate::spool::lock::{self, LockMode};
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
 use crate::spool::names::{MboxName, NameConfig};
 use crate::spool::paths::{self, Layout, MailboxDir, MetaFile};
-use crate::spool::quota::{load_roots, StoredRoot};
+use crate::spool::quota::{add_usage, load_roots, mailbox_usage, owning_root, StoredRoot};
 
 /// How long to wait for a lock a running Cyrus holds before giving up (exit 75).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -587,16 +587,7 @@ impl Checker<'_> {
         };
         if let Some(root) = root {
             let u = self.quota_usage.entry(root).or_default();
-            // Values from disk: a hostile header must not overflow the sums.
-            for (res, v) in [
-                (Resource::Storage, ih.quota_mailbox_used),
-                (Resource::Message, u64::from(ih.exists)),
-                (Resource::AnnotationStorage, ih.quota_annot_used),
-                (Resource::NumFolders, 1),
-            ] {
-                let slot = &mut u[res.index()];
-                *slot = slot.saturating_add(v);
-            }
+            add_usage(u, &mailbox_usage(&ih));
         }
 
         let records: Vec<IndexRecord> = idx.records().filter_map(Result::ok).collect();
@@ -1002,20 +993,6 @@ impl Checker<'_> {
     }
 }
 
-/// The root Cyrus assigns a mailbox (imap/quota.c `fixquota_dombox` and mboxlist's
-/// `mboxlist_findquota`): the longest root that equals the name or is a prefix of it
-/// followed by `.`.
-pub fn owning_root<'r>(roots: &'r [Vec<u8>], name: &[u8]) -> Option<&'r [u8]> {
-    roots
-        .iter()
-        .filter(|r| {
-            name == r.as_slice()
-                || (name.len() > r.len() && name.starts_with(r) && name[r.len()] == b'.')
-        })
-        .max_by_key(|r| r.len())
-        .map(Vec::as_slice)
-}
-
 fn sha1_file(path: &Path) -> std::io::Result<[u8; 20]> {
     use sha1::{Digest, Sha1};
     let mut f = File::open(path)?;
@@ -1046,29 +1023,5 @@ mod memmapped {
     pub fn open(p: &Path) -> Option<Buf> {
         let f = std::fs::File::open(p).ok()?;
         crate::spool::db::map_file(&f).ok().map(Buf)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn owning_root_is_longest_prefix_at_a_dot() {
-        let roots = vec![
-            b"user.alice".to_vec(),
-            b"user.alice.Sub".to_vec(),
-            b"user.al".to_vec(),
-        ];
-        assert_eq!(owning_root(&roots, b"user.alice"), Some(&b"user.alice"[..]));
-        assert_eq!(
-            owning_root(&roots, b"user.alice.Sub.Deep"),
-            Some(&b"user.alice.Sub"[..])
-        );
-        assert_eq!(
-            owning_root(&roots, b"user.alice.Subway"),
-            Some(&b"user.alice"[..])
-        );
-        assert_eq!(owning_root(&roots, b"user.alan"), None);
     }
 }
