@@ -677,9 +677,9 @@ impl Fixer<'_> {
                 .layout
                 .user_namespace_lock_file(Some(&user))
                 .map_err(path_err)?;
-            if !held.namespace.contains_key(&ns) {
-                let l = lock::lock_path(&ns, ns_mode, wait)?;
-                held.namespace.insert(ns, l);
+            if let std::collections::btree_map::Entry::Vacant(slot) = held.namespace.entry(ns) {
+                let l = lock::lock_path(slot.key(), ns_mode, wait)?;
+                slot.insert(l);
             }
         }
         let name_lock = self.layout.mailbox_lock_file(m.dir).map_err(path_err)?;

@@ -1,0 +1,412 @@
+//! `cyrkit quota` end to end against the real Cyrus 3.6 `quota`: the same damage applied to two
+//! copies of a real-Cyrus fixture, Cyrus's `quota -f` on one and `cyrkit quota -f` on the
+//! other, then Cyrus's `quota -J` must print the same on both and the fix messages must match;
+//! a second `-f` changes nothing; `-n` writes nothing; and deliveries through Cyrus's lmtpd
+//! while `cyrkit quota -f` runs all succeed and leave exact usage.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cyrkit::format::cyrusdb::{Backend, KeyOrder};
+use cyrkit::format::quota::{self, Resource};
+use cyrkit::format::{header, index, twoskip};
+use serde_json::Value;
+use support::cyrus::{
+    chown_cyrus, copy_tree, crlf, require_cyrus, run_cyrus_tool, CyrusInstance, CyrusOptions,
+};
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn cyrkit(conf: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_cyrkit"))
+        .arg("quota")
+        .arg("-C")
+        .arg(conf)
+        .arg("--no-progress")
+        .args(args)
+        .output()
+        .expect("run cyrkit");
+    Run {
+        code: out.status.code().expect("cyrkit killed by a signal"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A private copy of a fixture, owned by cyrus so Cyrus's tools can work on it.
+struct Store {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+}
+
+impl Store {
+    fn new(fixture: &str) -> Store {
+        let tmp = tempfile::Builder::new()
+            .prefix("cyrkit-quota-")
+            .tempdir()
+            .expect("tempdir");
+        let root = tmp.path().join(fixture);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(fixture);
+        copy_tree(&src, &root).expect("copy fixture");
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        chown_cyrus(&root).expect("chown");
+        Store { _tmp: tmp, root }
+    }
+
+    fn conf(&self) -> PathBuf {
+        self.root.join("imapd.conf")
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Runs a Cyrus tool on this copy; returns (exit ok, stdout, stderr).
+    fn cyrus(&self, tool: &str, args: &[&str]) -> (bool, String, String) {
+        let out = run_cyrus_tool(&self.conf(), &self.root, tool, args).expect("run Cyrus tool");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Cyrus's `quota -J` as JSON.
+    fn cyrus_quota_json(&self) -> Value {
+        let (ok, out, err) = self.cyrus("quota", &["-J"]);
+        assert!(ok, "cyrus quota -J failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("quota -J output {out:?}: {e}"))
+    }
+}
+
+/// Our fix messages: the stderr lines in Cyrus's wording.
+fn change_lines(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| {
+            l.contains(": quota root ") || l.contains(" usage was ") || l.ends_with(": removed")
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+fn edit_legacy_quota(path: &Path, edit: impl FnOnce(&mut quota::QuotaRecord)) {
+    let mut q = quota::parse_legacy_file(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut q);
+    std::fs::write(path, quota::write_legacy_file(&q)).unwrap();
+}
+
+/// Point a mailbox's cyrus.header at another quota root, keeping the index's header CRC in
+/// step (as a buggy Cyrus release would have left it).
+fn set_pointer(dir: &Path, root: Option<&[u8]>) {
+    let hp = dir.join("cyrus.header");
+    let mut h = header::parse(&std::fs::read(&hp).unwrap()).unwrap();
+    h.quotaroot = root.map(<[u8]>::to_vec);
+    let bytes = h.write().unwrap();
+    std::fs::write(&hp, &bytes).unwrap();
+    let ip = dir.join("cyrus.index");
+    let mut buf = std::fs::read(&ip).unwrap();
+    let mut ih = index::parse_header(&buf).unwrap();
+    ih.header_file_crc = header::header_file_crc(&bytes);
+    let hb = index::write_header(&ih, ih.minor_version).unwrap();
+    buf[..hb.len()].copy_from_slice(&hb);
+    std::fs::write(&ip, buf).unwrap();
+}
+
+fn damage_legacy(s: &Store) {
+    // Wrong numbers, on a user root and on a shared-folder root.
+    edit_legacy_quota(&s.path("conf/quota/b/user.bob"), |q| {
+        q.get_mut(Resource::Storage).used = 1;
+        q.get_mut(Resource::Message).used = 500;
+    });
+    edit_legacy_quota(&s.path("conf/quota/f/shared.folder"), |q| {
+        q.get_mut(Resource::NumFolders).used = 9;
+    });
+    // A deleted quota file of a nested root: its mailboxes go back to user.alice.
+    std::fs::remove_file(s.path("conf/quota/a/user.alice.Sub")).unwrap();
+    // A stale root nobody uses.
+    std::fs::create_dir_all(s.path("conf/quota/z")).unwrap();
+    std::fs::write(
+        s.path("conf/quota/z/user.zed"),
+        b"%(S (5 100) M (1) AS (0) NF (1) MODSEQ 2)\n",
+    )
+    .unwrap();
+    // A mailbox with a wrong quota-root pointer.
+    set_pointer(&s.path("spool/c/user/carol/Lists"), Some(b"user.bob"));
+    chown_cyrus(&s.root).unwrap();
+}
+
+#[test]
+fn legacy_damage_fixed_as_cyrus_fixes_it() {
+    if !require_cyrus() {
+        return;
+    }
+    let ours = Store::new("legacy");
+    let theirs = Store::new("legacy");
+    damage_legacy(&ours);
+    damage_legacy(&theirs);
+
+    let (ok, _, cyrus_err) = theirs.cyrus("quota", &["-f", "-q"]);
+    assert!(ok, "cyrus quota -f: {cyrus_err}");
+    let r = cyrkit(&ours.conf(), &["-f", "--remove-unused"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    assert_eq!(
+        ours.cyrus_quota_json(),
+        theirs.cyrus_quota_json(),
+        "quota -J after cyrkit (left) and Cyrus (right) -f"
+    );
+    let cyrus_lines: Vec<String> = cyrus_err.lines().map(str::to_string).collect();
+    assert!(!cyrus_lines.is_empty());
+    assert_eq!(
+        sorted(change_lines(&r.stderr)),
+        sorted(cyrus_lines),
+        "fix messages"
+    );
+    // Our report (not a terminal) is Cyrus's report.
+    let (_, cyrus_report, _) = theirs.cyrus("quota", &[]);
+    assert_eq!(r.stdout, cyrus_report);
+
+    // Idempotent: a second -f (ours, then Cyrus's) changes nothing.
+    let again = cyrkit(&ours.conf(), &["-f", "-q"]);
+    assert_eq!(again.code, 0);
+    assert!(change_lines(&again.stderr).is_empty(), "{}", again.stderr);
+    let (ok, _, err) = ours.cyrus("quota", &["-f", "-q"]);
+    assert!(
+        ok && err.trim().is_empty(),
+        "Cyrus finds more to fix: {err}"
+    );
+    // mbcheck agrees.
+    let out = Command::new(env!("CARGO_BIN_EXE_cyrkit"))
+        .args(["mbcheck", "--json", "--no-progress", "-C"])
+        .arg(ours.conf())
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let quota_findings: Vec<&Value> = j["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "quota")
+        .collect();
+    assert!(quota_findings.is_empty(), "{quota_findings:?}");
+}
+
+#[test]
+fn unused_root_is_kept_without_the_flag() {
+    if !require_cyrus() {
+        return;
+    }
+    let s = Store::new("legacy");
+    damage_legacy(&s);
+    let r = cyrkit(&s.conf(), &["-f", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("user.zed: used by no mailbox (kept"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("user.zed: STORAGE usage was 5, now 0"));
+    let q =
+        quota::parse_legacy_file(&std::fs::read(s.path("conf/quota/z/user.zed")).unwrap()).unwrap();
+    assert_eq!(q.get(Resource::Storage).limit, Some(100), "limit kept");
+    assert_eq!(q.get(Resource::Storage).used, 0);
+}
+
+/// Every file under `root` with its content hash, mode and mtime.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    use sha1::{Digest, Sha1};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        let md = e.metadata().unwrap();
+        if !md.is_file() {
+            // Directory mtimes change when the lock directory is created.
+            continue;
+        }
+        let content = if md.is_file() {
+            format!("{:x}", Sha1::digest(std::fs::read(e.path()).unwrap()))
+        } else {
+            String::new()
+        };
+        // Lock files are created (empty) by taking locks, as every Cyrus tool does.
+        if e.path().to_string_lossy().contains("/conf/lock/") {
+            continue;
+        }
+        out.insert(
+            e.path().to_path_buf(),
+            format!(
+                "{content} {:o} {}",
+                md.mode(),
+                md.mtime_nsec() + md.mtime() * 1_000_000_000
+            ),
+        );
+    }
+    out
+}
+
+#[test]
+fn dry_run_writes_nothing_and_reports_what_minus_f_does() {
+    if !require_cyrus() {
+        return;
+    }
+    let s = Store::new("legacy");
+    damage_legacy(&s);
+    let before = snapshot(&s.root);
+    let dry = cyrkit(&s.conf(), &["-f", "-n", "--remove-unused"]);
+    assert_eq!(dry.code, 1, "{}", dry.stderr);
+    let after = snapshot(&s.root);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .collect();
+    assert!(
+        changed.is_empty() && before.len() == after.len(),
+        "-n changed {changed:?}"
+    );
+    let real = cyrkit(&s.conf(), &["-f", "--remove-unused", "-q"]);
+    assert_eq!(real.code, 0);
+    assert_eq!(change_lines(&dry.stderr), change_lines(&real.stderr));
+    let clean = cyrkit(&s.conf(), &["-f", "-n"]);
+    assert_eq!(clean.code, 0, "{}", clean.stderr);
+}
+
+fn damage_uuid(s: &Store) {
+    let path = s.path("conf/quotas.db");
+    let pairs =
+        cyrkit::spool::db::read_pairs(&std::fs::read(&path).unwrap(), Backend::Twoskip).unwrap();
+    assert!(pairs.len() >= 2, "fixture has quota roots");
+    let mut out = Vec::new();
+    for (i, (k, v)) in pairs.into_iter().enumerate() {
+        let mut q = quota::parse_value(&v).unwrap();
+        match i {
+            0 => q.get_mut(Resource::Storage).used += 777,
+            1 => q.get_mut(Resource::Message).used = 0,
+            _ => {}
+        }
+        out.push((k, quota::write_value(&q)));
+    }
+    let opts = twoskip::FreshOptions {
+        order: KeyOrder::Raw,
+        ..Default::default()
+    };
+    std::fs::write(&path, twoskip::write_fresh(&out, &opts).unwrap()).unwrap();
+    chown_cyrus(&s.root).unwrap();
+}
+
+#[test]
+fn twoskip_virtual_domains_fixed_as_cyrus_fixes_it() {
+    if !require_cyrus() {
+        return;
+    }
+    let ours = Store::new("uuid");
+    let theirs = Store::new("uuid");
+    damage_uuid(&ours);
+    damage_uuid(&theirs);
+    let (ok, _, cyrus_err) = theirs.cyrus("quota", &["-f", "-q"]);
+    assert!(ok, "cyrus quota -f: {cyrus_err}");
+    let r = cyrkit(&ours.conf(), &["-f", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ours.cyrus_quota_json(), theirs.cyrus_quota_json());
+    assert_eq!(
+        sorted(change_lines(&r.stderr)),
+        sorted(cyrus_err.lines().map(str::to_string).collect()),
+    );
+    let again = cyrkit(&ours.conf(), &["-f", "-n"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    // Our --json has Cyrus's -J shape.
+    let j = cyrkit(&ours.conf(), &["--json"]);
+    let mine: Value = serde_json::from_str(&j.stdout).unwrap();
+    let cyrus = ours.cyrus_quota_json();
+    for (root, res) in cyrus.as_object().unwrap() {
+        for (name, v) in res.as_object().unwrap() {
+            assert_eq!(mine[root][name]["used"], v["used"], "{root} {name}");
+            assert_eq!(
+                mine[root][name].get("limit"),
+                v.get("limit"),
+                "{root} {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn deliveries_during_quota_f_all_succeed_and_usage_stays_exact() {
+    if !require_cyrus() {
+        return;
+    }
+    let cy = CyrusInstance::start(&CyrusOptions::default()).expect("start Cyrus");
+    let mut admin = cy.imap_admin().unwrap();
+    for mb in ["user.dan", "user.dan.Sub", "user.eve", "shared.list"] {
+        admin.create(mb).unwrap();
+    }
+    admin.setquota("user.dan", &[("STORAGE", 100000)]).unwrap();
+    admin.setquota("user.eve", &[("MESSAGE", 100000)]).unwrap();
+    admin.logout().unwrap();
+    let conf = cy.conf_path();
+    let lmtp_port_client = cy.lmtp().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let deliverer = std::thread::spawn(move || {
+        let mut lmtp = lmtp_port_client;
+        let mut n = 0u32;
+        let mut failures = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) || n < 20 {
+            let msg = crlf(
+                format!(
+                    "From: a@example.org\nSubject: m{n}\nMessage-ID: <m{n}@x>\n\n{}\n",
+                    "x".repeat((n as usize * 37) % 900)
+                )
+                .as_bytes(),
+            );
+            let replies = lmtp
+                .deliver("a@example.org", &["dan", "eve", "dan+Sub"], &msg)
+                .unwrap();
+            failures.extend(replies.into_iter().filter(|r| r.code != 250));
+            n += 1;
+        }
+        (n, failures)
+    });
+    for _ in 0..4 {
+        let r = cyrkit(&conf, &["-f", "-q"]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (n, failures) = deliverer.join().unwrap();
+    assert!(failures.is_empty(), "failed deliveries: {failures:?}");
+    assert!(n >= 20);
+    let check = cyrkit(&conf, &["-f", "-n"]);
+    assert_eq!(check.code, 0, "usage drifted: {}", check.stderr);
+    assert!(change_lines(&check.stderr).is_empty(), "{}", check.stderr);
+    // Cyrus agrees: its -f finds nothing to change, and reports the same.
+    let out = cy.run_tool("quota", &["-f", "-q"]).unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.trim().is_empty(), "Cyrus quota -f changed: {err}");
+    let cyrus_report = cy.run_tool("quota", &[]).unwrap();
+    let ours = cyrkit(&conf, &[]);
+    assert_eq!(ours.stdout, String::from_utf8_lossy(&cyrus_report.stdout));
+}
