@@ -798,7 +798,9 @@ fn is_user_root(root: &[u8]) -> bool {
 
 /// Which mailboxes without a root a partial run may clear the pointer of: those the
 /// arguments name, as Cyrus's `fixquota_dopass` walks them.
-fn mailbox_filter(args: &QuotaArgs, nc: &NameConfig) -> anyhow::Result<Box<dyn Fn(&[u8]) -> bool>> {
+type NameFilter = Box<dyn Fn(&[u8]) -> bool>;
+
+fn mailbox_filter(args: &QuotaArgs, nc: &NameConfig) -> anyhow::Result<NameFilter> {
     let domain_prefix = args
         .domain
         .as_ref()
