@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod mbcheck;
+pub mod reconstruct_m;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
@@ -80,6 +81,9 @@ pub struct Cli {
 pub enum Command {
     /// Check the mailboxes database, headers, indexes, caches, message files and quota usage (read-only)
     Mbcheck(mbcheck::MbcheckArgs),
+    /// TEMPORARY (branch h-recm): `reconstruct -m` until the lead wires it into `reconstruct`
+    #[command(name = "reconstruct-m", hide = true)]
+    ReconstructM(reconstruct_m::ReconstructMArgs),
 }
 
 /// Names under which the binary behaves as one subcommand (multi-call, like Cyrus's tools).
@@ -104,6 +108,7 @@ pub fn multicall_args(mut args: Vec<OsString>) -> Vec<OsString> {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Mbcheck(args) => mbcheck::run(&cli.common, &args),
+        Command::ReconstructM(args) => reconstruct_m::run(&cli.common, &args),
     }
 }
 
