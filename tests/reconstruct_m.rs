@@ -723,3 +723,22 @@ fn real_cyrus_serves_uuid_twoskip_store_from_rebuilt_database() {
         real_cyrus_round_trip("uuid", Some("twoskip"), UUID_USERS);
     }
 }
+
+#[test]
+fn partition_option_keeps_other_partitions_and_needs_a_database() {
+    let s = Store::new("legacy");
+    // A second partition holding nothing: rescanning it alone changes nothing.
+    std::fs::create_dir_all(s.path("spool2")).unwrap();
+    let conf = std::fs::read_to_string(s.conf()).unwrap() + "partition-other: spool2\n";
+    std::fs::write(s.conf(), conf).unwrap();
+    let r = s.run(&["-n", "-p", "other"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    let r = s.run(&["-n", "-p", "default"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    let r = s.run(&["-n", "-p", "default", "--ignore-old"]);
+    assert_eq!(r.code, 2, "{}", r.describe());
+    std::fs::remove_file(s.db()).unwrap();
+    let r = s.run(&["-p", "other"]);
+    assert_eq!(r.code, 2, "{}", r.describe());
+    assert!(!s.db().exists(), "nothing written");
+}

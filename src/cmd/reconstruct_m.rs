@@ -247,6 +247,12 @@ pub fn run(common: &Common, args: &ReconstructMArgs) -> anyhow::Result<Outcome> 
     };
     let (held, old) = read_old_db(&db_path, backend, mode, &mut problems)?;
     let use_old = if args.ignore_old { None } else { old.as_ref() };
+    if args.partition.is_some() && use_old.is_none() {
+        return Err(UsageError(
+            "-p keeps the other partitions' entries from the current database, and there is none to keep them from (it is missing, unreadable, or --ignore-old was given): run without -p".into(),
+        )
+        .into());
+    }
     let mut plan = build_plan(found, use_old, args.partition.as_deref(), backend, &nc);
     problems.append(&mut plan.problems);
     plan.problems = problems;
