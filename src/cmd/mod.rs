@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod mbcheck;
 pub mod quota;
+pub mod reconstruct_m;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
@@ -83,6 +84,9 @@ pub enum Command {
     Mbcheck(mbcheck::MbcheckArgs),
     /// Report quota roots; with -f recompute their usage from the mailboxes and fix it
     Quota(quota::QuotaArgs),
+    /// TEMPORARY (branch h-recm): `reconstruct -m` until the lead wires it into `reconstruct`
+    #[command(name = "reconstruct-m", hide = true)]
+    ReconstructM(reconstruct_m::ReconstructMArgs),
 }
 
 /// Names under which the binary behaves as one subcommand (multi-call, like Cyrus's tools).
@@ -108,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Mbcheck(args) => mbcheck::run(&cli.common, &args),
         Command::Quota(args) => quota::run(&cli.common, &args),
+        Command::ReconstructM(args) => reconstruct_m::run(&cli.common, &args),
     }
 }
 

@@ -11,3 +11,4 @@ pub mod mboxlist;
 pub mod names;
 pub mod paths;
 pub mod quota;
+pub mod scan;
