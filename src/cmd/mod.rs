@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod mbcheck;
+pub mod reconstruct;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
@@ -80,10 +81,12 @@ pub struct Cli {
 pub enum Command {
     /// Check the mailboxes database, headers, indexes, caches, message files and quota usage (read-only)
     Mbcheck(mbcheck::MbcheckArgs),
+    /// Rebuild mailboxes' cyrus.index, cyrus.cache and cyrus.header from the message files and what survives
+    Reconstruct(reconstruct::ReconstructArgs),
 }
 
 /// Names under which the binary behaves as one subcommand (multi-call, like Cyrus's tools).
-const MULTICALL: &[&str] = &["mbcheck"];
+const MULTICALL: &[&str] = &["mbcheck", "reconstruct"];
 
 /// When invoked through a link named after a subcommand, insert that subcommand.
 pub fn multicall_args(mut args: Vec<OsString>) -> Vec<OsString> {
@@ -104,6 +107,7 @@ pub fn multicall_args(mut args: Vec<OsString>) -> Vec<OsString> {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Mbcheck(args) => mbcheck::run(&cli.common, &args),
+        Command::Reconstruct(args) => reconstruct::run(&cli.common, &args),
     }
 }
 
