@@ -496,6 +496,10 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// While the stand-in parser is in use it cannot read Date headers: existing records keep
+/// their sentdate and gmtime rather than being "corrected" to wrong values.
+const PARSER_IS_STANDIN: bool = true;
+
 /// The ten cache items and the fields `message_parse` derives.
 // TODO(h-mime): replace the stand-in with `crate::mime::message::parse_message` once the
 // parser branch lands; everything else here is built against its `ParsedMessage`.
@@ -706,7 +710,7 @@ fn plan(
             );
             MailboxHeader {
                 format: HeaderFormat::Dlist,
-                mbtype: entry.mbtype.clone(),
+                mbtype: entry.mbtype,
                 name: Some(ctx.m.name.to_internal()),
                 uniqueid: entry.uniqueid.clone(),
                 quotaroot: ctx.quotaroot.clone(),
@@ -880,7 +884,6 @@ fn plan(
     let old_cache_len = new_cache.len();
     let mut records: Vec<IndexRecord> = Vec::with_capacity(old.records.len() + files.len());
     // Records that change get one new modseq, as one Cyrus session would give them.
-    let mut changed_any = false;
     let mut changed: Vec<usize> = Vec::new();
 
     for rec in &old.records {
@@ -972,16 +975,18 @@ fn plan(
             if r.internaldate == 0 {
                 r.internaldate = file.map_or(ctx.now, |f| u64::try_from(f.mtime).unwrap_or(0));
             }
-            r.gmtime = if m.gmtime != 0 {
-                m.gmtime
-            } else {
-                r.internaldate
-            };
-            r.sentdate = if m.sentdate != 0 {
-                m.sentdate
-            } else {
-                local_midnight(r.internaldate)
-            };
+            if !PARSER_IS_STANDIN {
+                r.gmtime = if m.gmtime != 0 {
+                    m.gmtime
+                } else {
+                    r.internaldate
+                };
+                r.sentdate = if m.sentdate != 0 {
+                    m.sentdate
+                } else {
+                    local_midnight(r.internaldate)
+                };
+            }
             if !cache_ok || crc32(&parsed.entry) != r.cache_crc {
                 new_entry = Some(parsed.entry.clone());
             }
@@ -1058,8 +1063,9 @@ fn plan(
             r.cache_offset = off;
             r.cache_crc = crc;
             r.cache_version = CACHE_VERSION_36;
-            differs = true;
         }
+        // Only what a client can see takes a new modseq; a regenerated cache entry does
+        // not (Cyrus bumps it anyway, making every client refetch flags for nothing).
         if differs {
             changed.push(records.len());
         }
@@ -1163,8 +1169,7 @@ fn plan(
         }
     }
     let any_appended = !appended.is_empty();
-    changed_any |= !changed.is_empty() || any_appended;
-    if changed_any {
+    if !changed.is_empty() || any_appended {
         let new_modseq = highest.saturating_add(1);
         for &i in &changed {
             if let Some(r) = records.get_mut(i) {
@@ -1206,11 +1211,6 @@ fn plan(
         .map(|r| r.last_updated)
         .min()
         .unwrap_or(0);
-    if !trusted {
-        nh.first_expunged = nh
-            .first_expunged
-            .min(ih.first_expunged.max(nh.first_expunged));
-    }
 
     // Serialise: header file (new or as it was), then the index with its CRC.
     let header_bytes = match (&old_header, &snap.header) {
@@ -1247,8 +1247,6 @@ fn plan(
         p.files.index = Some(index_bytes);
     }
     if new_cache.len() != old_cache_len || (old_cache.is_none() && snap.cache.is_some()) {
-        p.files.cache = Some(new_cache);
-    } else if old_cache.is_none() && !records.is_empty() {
         p.files.cache = Some(new_cache);
     }
     Ok(p)
