@@ -615,6 +615,36 @@ fn uuid_layout_index_lost() {
 }
 
 #[test]
+fn new_uidvalidity_updates_index_and_database_and_u_selects_users() {
+    let s = Store::new("legacy");
+    let dir = s.path("spool/b/user/bob");
+    let (oh, orecs) = read_index(&dir);
+    let r = s.reconstruct(&["--new-uidvalidity", "-u", "bob"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    r.assert_has("user.bob");
+    r.assert_has("user.bob.Archive");
+    assert!(!r.has("user.alice"));
+    let (nh, nrecs) = read_index(&dir);
+    assert!(nh.uidvalidity > oh.uidvalidity);
+    r.assert_has(&format!(
+        "user.bob: new uidvalidity {} => {}",
+        oh.uidvalidity, nh.uidvalidity
+    ));
+    assert_eq!(
+        nrecs.iter().map(visible).collect::<Vec<_>>(),
+        orecs.iter().map(visible).collect::<Vec<_>>()
+    );
+    // mbcheck compares the index with the database entry: both were changed.
+    s.assert_mbcheck_clean("new uidvalidity");
+    let p = s.reconstruct(&["-n", "user.%"]);
+    assert_eq!(p.code, 0, "{}", p.stdout);
+    for m in ["user.alice", "user.bob", "user.carol"] {
+        p.assert_has(m);
+    }
+    assert!(!p.has("user.alice.Sent"));
+}
+
+#[test]
 fn usage_errors_exit_2() {
     let s = Store::new("legacy");
     assert_eq!(s.reconstruct(&["-r"]).code, 2);
@@ -701,6 +731,21 @@ fn cyrus_agrees_after_repair() {
     let conf = cy.conf_path().display().to_string();
     let r = cyrkit(&["reconstruct", "-C", &conf, "--no-progress"], &[]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // A new UIDVALIDITY goes into the mailboxes database too (which Cyrus must still read).
+    let lists = spool.join("c/user/carol/Lists");
+    let r = cyrkit(
+        &[
+            "reconstruct",
+            "-C",
+            &conf,
+            "--no-progress",
+            "--new-uidvalidity",
+            "user.carol.Lists",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let new_uv = read_index(&lists).0.uidvalidity;
     support::cyrus::chown_cyrus(cy.root()).unwrap();
     let out = cy.run_tool("reconstruct", &["-n"]).unwrap();
     let got = String::from_utf8_lossy(&out.stdout);
@@ -719,7 +764,12 @@ fn cyrus_agrees_after_repair() {
         let st = c
             .examine_status(mb["examined_as"].as_str().unwrap())
             .unwrap();
-        assert_eq!(Some(st.uidvalidity), mb["uidvalidity"].as_u64(), "{name}");
+        if name == "user.carol.Lists" {
+            assert_eq!(st.uidvalidity, u64::from(new_uv), "{name}");
+            assert_ne!(Some(st.uidvalidity), mb["uidvalidity"].as_u64(), "{name}");
+        } else {
+            assert_eq!(Some(st.uidvalidity), mb["uidvalidity"].as_u64(), "{name}");
+        }
         let got = c.fetch_summary().unwrap();
         c.logout().unwrap();
         checked += 1;

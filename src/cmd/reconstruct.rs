@@ -144,6 +144,9 @@ pub struct MailboxReport {
     pub messages: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The UIDVALIDITY the mailboxes database entry must get, when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_uidvalidity: Option<u32>,
     #[serde(skip)]
     tempfail: bool,
 }
@@ -239,6 +242,15 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
     });
     progress.finish();
 
+    let db_updates: Vec<(Vec<u8>, u32)> = selected
+        .iter()
+        .zip(&reports)
+        .filter_map(|(m, r)| r.db_uidvalidity.map(|v| (m.dbname.clone(), v)))
+        .collect();
+    if !args.dry_run && !db_updates.is_empty() {
+        update_db_uidvalidity(&config, &mboxlist, &db_updates)
+            .context("updating UIDVALIDITY in the mailboxes database")?;
+    }
     for a in &not_found {
         eprintln!("cyrkit: mailbox {a} does not exist");
     }
@@ -280,6 +292,82 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
             Outcome::Clean
         },
     )
+}
+
+/// Sets the UIDVALIDITY of the `N` and `I` records of the given mailboxes (by dbname), under
+/// the database's exclusive lock: the pairs are re-read, changed, and written as a fresh
+/// file of the configured backend that replaces the old one atomically.
+fn update_db_uidvalidity(
+    config: &Config,
+    mboxlist: &Mboxlist,
+    updates: &[(Vec<u8>, u32)],
+) -> anyhow::Result<()> {
+    use crate::format::cyrusdb::Backend;
+    use crate::format::mboxlist::{write_dlist_value, MboxEntry, MboxKey};
+    use crate::format::{dlist, flat, skiplist, twoskip};
+    if !mboxlist.v36 {
+        anyhow::bail!("the mailboxes database predates Cyrus 3.5; not updated");
+    }
+    let path = config.mboxlist_db_path();
+    let backend = crate::spool::db::codec_for(config.mboxlist_db())
+        .ok_or_else(|| anyhow::anyhow!("unsupported mailboxes database backend"))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let held = crate::spool::lock::lock_file(
+        file,
+        &path,
+        crate::spool::lock::LockMode::Exclusive,
+        LOCK_TIMEOUT,
+    )?;
+    let map = crate::spool::db::map_file(held.file())?;
+    let mut pairs = crate::spool::db::read_pairs(&map, backend)?;
+    drop(map);
+    let by_name: HashMap<&[u8], u32> = updates.iter().map(|(n, v)| (n.as_slice(), *v)).collect();
+    let mut ids: HashMap<Vec<u8>, u32> = HashMap::new();
+    for (k, v) in pairs.iter_mut() {
+        if let Ok(MboxKey::Name(n)) = MboxKey::decode(k) {
+            if let Some(&uv) = by_name.get(n.as_slice()) {
+                let mut e = MboxEntry::from_v36_dlist(&dlist::parse(v)?)?;
+                e.uidvalidity = uv;
+                if let Some(id) = &e.uniqueid {
+                    ids.insert(id.clone(), uv);
+                }
+                *v = write_dlist_value(&e.to_v36_name_dlist());
+            }
+        }
+    }
+    for (k, v) in pairs.iter_mut() {
+        if let Ok(MboxKey::Id(id)) = MboxKey::decode(k) {
+            if let Some(&uv) = ids.get(&id) {
+                let mut e = MboxEntry::from_v36_dlist(&dlist::parse(v)?)?;
+                e.uidvalidity = uv;
+                *v = write_dlist_value(&e.to_v36_id_dlist());
+            }
+        }
+    }
+    let bytes = match backend {
+        Backend::Twoskip => twoskip::write_fresh(
+            &pairs,
+            &twoskip::FreshOptions {
+                order: backend.default_order(),
+                ..Default::default()
+            },
+        )?,
+        Backend::Skiplist => skiplist::write_fresh(
+            &pairs,
+            &skiplist::FreshOptions {
+                order: backend.default_order(),
+                seed: 0,
+                last_recovery: 0,
+            },
+        )?,
+        Backend::Flat => flat::write_fresh(&pairs)?,
+    };
+    crate::spool::atomic::replace(&path, &bytes)?;
+    drop(held);
+    Ok(())
 }
 
 fn summary(reports: &[MailboxReport]) -> serde_json::Value {
@@ -420,6 +508,7 @@ impl Env<'_> {
             modified: false,
             messages: 0,
             error: None,
+            db_uidvalidity: None,
             tempfail: false,
         };
         if let Err(e) = self.mailbox_inner(m, &mut report) {
@@ -469,6 +558,7 @@ impl Env<'_> {
             report.changes = plan.changes;
             report.modified = !plan.files.is_empty();
             report.messages = plan.messages;
+            report.db_uidvalidity = plan.db_uidvalidity;
             return Ok(());
         }
         // Parse outside the exclusive lock, then lock, re-read, re-plan if anything moved.
@@ -486,6 +576,7 @@ impl Env<'_> {
         report.changes = p.changes;
         report.modified = !p.files.is_empty();
         report.messages = p.messages;
+        report.db_uidvalidity = p.db_uidvalidity;
         Ok(())
     }
 }
@@ -577,6 +668,7 @@ struct Plan {
     changes: Vec<Change>,
     files: Changes,
     messages: u64,
+    db_uidvalidity: Option<u32>,
 }
 
 impl Plan {
@@ -826,11 +918,11 @@ fn plan(
                 "uidvalidity-db",
                 None,
                 format!(
-                    "{name}: uidvalidity {} differs from the mailboxes database's {db_uv} \
-                     (run with -M to use the database's)",
+                    "Wrong uidvalidity in mbentry, fixing {name} ({db_uv} -> {})",
                     ih.uidvalidity
                 ),
             );
+            p.db_uidvalidity = Some(ih.uidvalidity);
         }
     }
     if ih.uidvalidity == 0 || opts.new_uidvalidity {
@@ -841,6 +933,12 @@ fn plan(
             format!("{name}: new uidvalidity {} => {new}", ih.uidvalidity),
         );
         ih.uidvalidity = new;
+    }
+    if ih.uidvalidity != db_uv
+        && p.db_uidvalidity.is_none()
+        && (!trusted || opts.new_uidvalidity || db_uv == 0)
+    {
+        p.db_uidvalidity = Some(ih.uidvalidity);
     }
 
     let base_modseq = ih.highestmodseq.max(1);
