@@ -31,7 +31,7 @@ use support::cyrus::{copy_tree, crlf, require_cyrus, CyrusInstance};
 // Running the binary
 
 /// The subcommand words; switch here when `cyrkit reconstruct -m` is wired up.
-const SUBCOMMAND: &[&str] = &["reconstruct-m"];
+const SUBCOMMAND: &[&str] = &["reconstruct", "-m"];
 
 struct Run {
     code: i32,

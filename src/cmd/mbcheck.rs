@@ -12,8 +12,6 @@
 //! are not created. Not a byte or an mtime changes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +27,7 @@ use crate::format::quota::Resource;
 use crate::spool::config::Config;
 use crate::spool::db::map_file;
 use crate::spool::lock::{self, LockMode};
+use crate::spool::mailbox;
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
 use crate::spool::names::{MboxName, NameConfig};
 use crate::spool::paths::{self, Layout, MailboxDir, MetaFile};
@@ -304,52 +303,16 @@ impl Checker<'_> {
         Ok((selected, not_found))
     }
 
-    /// The internal name of a mailbox argument. With `-r` the argument may be a hierarchy
-    /// prefix that is no mailbox name by itself (`-r user`), as Cyrus's reconstruct takes it
-    /// (it appends `.*` to whatever the argument converts to): such a prefix is converted
-    /// with a dummy child component added and removed again.
     fn internal_arg(&self, arg: &str, recursive: bool) -> anyhow::Result<Vec<u8>> {
-        let direct = MboxName::from_external(arg.as_bytes(), &self.nc);
-        let err = match direct {
-            Ok(n) => return Ok(n.to_internal()),
-            Err(e) => e,
-        };
-        const DUMMY: &str = "cyrkit-prefix";
-        let sep = if self.nc.unixhierarchysep { '/' } else { '.' };
-        let (local, domain) = match arg.rfind('@') {
-            Some(i) if self.nc.virtdomains.enabled() => arg.split_at(i),
-            _ => (arg, ""),
-        };
-        let child = format!("{local}{sep}{DUMMY}{domain}");
-        let prefix = MboxName::from_external(child.as_bytes(), &self.nc)
-            .ok()
-            .filter(|_| recursive)
-            .and_then(|n| {
-                n.to_internal()
-                    .strip_suffix(format!(".{DUMMY}").as_bytes())
-                    .map(<[u8]>::to_vec)
-            });
-        prefix.ok_or_else(|| super::UsageError(format!("mailbox name {arg:?}: {err}")).into())
+        mailbox::internal_arg(arg, &self.nc, recursive).map_err(|e| super::UsageError(e).into())
     }
 
     fn mailbox_dir<'n>(&self, m: &'n MboxRecord) -> Option<MailboxDir<'n>> {
-        if m.entry.legacy_dirs() {
-            Some(MailboxDir::Legacy(&m.name))
-        } else {
-            m.entry
-                .uniqueid
-                .as_deref()
-                .and_then(|u| std::str::from_utf8(u).ok())
-                .map(MailboxDir::Uuid)
-        }
+        mailbox::mailbox_dir(m)
     }
 
     fn partition(m: &MboxRecord) -> String {
-        m.entry
-            .partition
-            .as_deref()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
-            .unwrap_or_default()
+        mailbox::partition(m)
     }
 
     fn header_dir(&self, m: &MboxRecord) -> Option<PathBuf> {
@@ -779,7 +742,7 @@ impl Checker<'_> {
                     ),
                     repair.clone(),
                 ),
-                Ok(_) if self.guids => match sha1_file(&file) {
+                Ok(_) if self.guids => match mailbox::sha1_file(&file) {
                     Ok(g) if g != r.guid => self.find(
                         Kind::MessageFile,
                         Some(ext.into()),
@@ -991,21 +954,6 @@ impl Checker<'_> {
             }
         }
     }
-}
-
-fn sha1_file(path: &Path) -> std::io::Result<[u8; 20]> {
-    use sha1::{Digest, Sha1};
-    let mut f = File::open(path)?;
-    let mut h = Sha1::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
 }
 
 /// A read-only view of a small file (cache), mapped.

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod mbcheck;
 pub mod quota;
+pub mod reconstruct;
 pub mod reconstruct_m;
 
 pub const EXIT_OK: u8 = 0;
@@ -84,13 +85,12 @@ pub enum Command {
     Mbcheck(mbcheck::MbcheckArgs),
     /// Report quota roots; with -f recompute their usage from the mailboxes and fix it
     Quota(quota::QuotaArgs),
-    /// TEMPORARY (branch h-recm): `reconstruct -m` until the lead wires it into `reconstruct`
-    #[command(name = "reconstruct-m", hide = true)]
-    ReconstructM(reconstruct_m::ReconstructMArgs),
+    /// Rebuild mailboxes' cyrus.index, cyrus.cache and cyrus.header from the message files and what survives; with -m, the mailboxes database from the spool
+    Reconstruct(reconstruct::ReconstructArgs),
 }
 
 /// Names under which the binary behaves as one subcommand (multi-call, like Cyrus's tools).
-const MULTICALL: &[&str] = &["mbcheck", "quota"];
+const MULTICALL: &[&str] = &["mbcheck", "quota", "reconstruct"];
 
 /// When invoked through a link named after a subcommand, insert that subcommand.
 pub fn multicall_args(mut args: Vec<OsString>) -> Vec<OsString> {
@@ -112,7 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Mbcheck(args) => mbcheck::run(&cli.common, &args),
         Command::Quota(args) => quota::run(&cli.common, &args),
-        Command::ReconstructM(args) => reconstruct_m::run(&cli.common, &args),
+        Command::Reconstruct(args) => reconstruct::run(&cli.common, &args),
     }
 }
 

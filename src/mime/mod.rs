@@ -136,7 +136,10 @@ mod tests {
 
     #[test]
     fn unstructured_unfolds() {
-        assert_eq!(unstructured(b"  Hello\r\n world \r\n\tagain"), b"Hello world \tagain");
+        assert_eq!(
+            unstructured(b"  Hello\r\n world \r\n\tagain"),
+            b"Hello world \tagain"
+        );
         assert_eq!(unstructured(b" a\nb"), b"ab");
         assert_eq!(unstructured(b""), b"");
         assert_eq!(unstructured(b" \t "), b"");

@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod config;
 pub mod db;
 pub mod lock;
+pub mod mailbox;
 pub mod mailbox_lock;
 pub mod mboxlist;
 pub mod names;

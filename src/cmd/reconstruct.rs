@@ -1,0 +1,1501 @@
+//! `cyrkit reconstruct`: rebuild mailboxes' `cyrus.index`, `cyrus.cache` and `cyrus.header`
+//! from the message files and whatever metadata survives, with Cyrus 3.6's flags and report
+//! lines (docs: cyrus-mailbox-format.md §6), but keeping what survives where Cyrus throws it
+//! away:
+//! * UIDVALIDITY is kept (mailboxes.db entry, else the index) even when `cyrus.index` or
+//!   `cyrus.header` is lost or the index header fails its CRC (Cyrus mints a new one);
+//! * every index record whose own CRC is good keeps its UID, flags, internaldate and modseq,
+//!   whatever the index header's state (its fields are then recomputed from the records);
+//! * a lost `cyrus.header` is rebuilt from the database entry (only keyword names are lost);
+//! * a cache entry that fails its CRC is regenerated (Cyrus leaves it);
+//! * modseqs only move forward; nothing is deleted unless `-O`/`-U`/`-R` say so.
+//!
+//! Each mailbox is planned first (a pure computation over a [`Snapshot`]: the report lines
+//! and the new files, which is all `-n` prints), outside the exclusive lock; the exclusive
+//! locks are then taken, the snapshot re-read and, if it changed meanwhile, re-planned
+//! (re-using the message parses), and the new files are committed by
+//! [`mailbox::commit`] in a crash-safe order.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::{Common, Outcome, UsageError};
+use crate::format::cache::{self, CACHE_HEADER_SIZE, CACHE_VERSION_36, NUM_CACHE_FIELDS};
+use crate::format::crc::crc32;
+use crate::format::header::{self, HeaderFormat, MailboxHeader};
+use crate::format::index::{self, IndexHeader, IndexRecord};
+use crate::mime::ParsedMessage;
+use crate::spool::config::Config;
+use crate::spool::mailbox::{self, Changes, MailboxFiles, MessageFile, Snapshot};
+use crate::spool::mailbox_lock::OpenMode;
+use crate::spool::mboxlist::{MboxRecord, Mboxlist};
+use crate::spool::names::{MboxName, NameConfig};
+use crate::spool::paths::Layout;
+
+/// How long to wait for a lock a running Cyrus holds before giving up (exit 75).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReconstructArgs {
+    /// Also reconstruct every child of the named mailboxes
+    #[arg(short = 'r')]
+    pub recursive: bool,
+    /// Also adopt mailbox directories below the named ones that the database lacks
+    #[arg(short = 'f')]
+    pub filesystem: bool,
+    /// Change nothing; print what a real run would change (exit 1 if anything)
+    #[arg(short = 'n')]
+    pub dry_run: bool,
+    /// With -f/-p: create new empty mailboxes instead of importing metadata
+    #[arg(short = 'x')]
+    pub no_import: bool,
+    /// Re-parse every message file (checks its GUID, rebuilds its cache entry)
+    #[arg(short = 'G')]
+    pub always_parse: bool,
+    /// Trust sizes: do not stat message files
+    #[arg(short = 's')]
+    pub no_stat: bool,
+    /// On a GUID mismatch, expunge the record and re-add the file under a new UID
+    #[arg(short = 'R')]
+    pub guid_rewrite: bool,
+    /// On a GUID mismatch, expunge the record and DELETE the message file
+    #[arg(short = 'U')]
+    pub guid_unlink: bool,
+    /// Ignore odd files in mailbox directories
+    #[arg(short = 'o', conflicts_with = "delete_odd")]
+    pub ignore_odd: bool,
+    /// Delete odd files in mailbox directories
+    #[arg(short = 'O')]
+    pub delete_odd: bool,
+    /// Prefer the mailboxes database over the mailbox for UIDVALIDITY
+    #[arg(short = 'M')]
+    pub prefer_db: bool,
+    /// Partition for mailboxes created with -p/-f (not supported yet)
+    #[arg(short = 'p', value_name = "PART")]
+    pub partition: Option<String>,
+    /// Write this cyrus.index minor version (12..17, or `max`)
+    #[arg(short = 'V', value_name = "VER")]
+    pub version: Option<String>,
+    /// Arguments are user ids: all of their mailboxes
+    #[arg(short = 'u')]
+    pub users: bool,
+    /// Arguments are cyrus.header paths: only (re)create database entries (not supported yet)
+    #[arg(short = 'P')]
+    pub header_paths: bool,
+    /// Give the mailbox a new UIDVALIDITY (Cyrus's behaviour after metadata loss): every
+    /// client resynchronises
+    #[arg(long)]
+    pub new_uidvalidity: bool,
+    /// Rebuild the mailboxes database itself from every partition's mailbox directories
+    /// (with -n: print the difference against the current database; with -p: rescan only PART)
+    #[arg(short = 'm')]
+    pub mailboxes_db: bool,
+    /// With -m: take nothing from the current database (foldermodseq, mtime, name history,
+    /// tombstones), rebuild from the spool alone
+    #[arg(long, requires = "mailboxes_db")]
+    pub ignore_old: bool,
+    /// Mailboxes reconstructed in parallel (default: the number of cores)
+    #[arg(short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Mailboxes (external names; `*` and `%` patterns as Cyrus takes them)
+    #[arg(value_name = "MAILBOX")]
+    pub mailboxes: Vec<String>,
+}
+
+/// What to do about odd files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OddFiles {
+    Report,
+    Ignore,
+    Delete,
+}
+
+/// The options a plan depends on.
+#[derive(Debug, Clone)]
+struct Opts {
+    make_changes: bool,
+    always_parse: bool,
+    do_stat: bool,
+    guid_rewrite: bool,
+    guid_unlink: bool,
+    odd: OddFiles,
+    prefer_db: bool,
+    version: Option<u32>,
+    new_uidvalidity: bool,
+    parse: crate::mime::ParseOptions,
+}
+
+/// One change (or finding) in a mailbox: the Cyrus-style line and its facts.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The report line as printed.
+    pub line: String,
+}
+
+/// The outcome for one mailbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct MailboxReport {
+    /// External name.
+    pub mailbox: String,
+    /// Internal name (what Cyrus's report lines use).
+    pub internal: String,
+    pub changes: Vec<Change>,
+    /// Whether files were (or, with -n, would be) written.
+    pub modified: bool,
+    pub messages: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The UIDVALIDITY the mailboxes database entry must get, when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_uidvalidity: Option<u32>,
+    #[serde(skip)]
+    tempfail: bool,
+}
+
+pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
+    if args.mailboxes_db {
+        if !args.mailboxes.is_empty() {
+            return Err(UsageError("-m takes no mailbox arguments".into()).into());
+        }
+        let m = super::reconstruct_m::ReconstructMArgs {
+            dry_run: args.dry_run,
+            partition: args.partition.clone(),
+            ignore_old: args.ignore_old,
+        };
+        return super::reconstruct_m::run(common, &m);
+    }
+    if args.header_paths || args.partition.is_some() || args.filesystem || args.no_import {
+        return Err(UsageError(
+            "-P, -p, -f and -x (creating mailboxes database entries) are not supported yet".into(),
+        )
+        .into());
+    }
+    if args.recursive && args.mailboxes.is_empty() {
+        return Err(UsageError("please specify a mailbox to recurse from".into()).into());
+    }
+    let version = match args.version.as_deref() {
+        None => None,
+        Some("max") => Some(index::MAX_CYRUS36_VERSION),
+        Some(v) => match v.parse::<u32>() {
+            Ok(n) if (index::MIN_VERSION..=index::MAX_VERSION).contains(&n) => Some(n),
+            _ => {
+                return Err(UsageError(format!(
+                    "-V {v}: cyrus.index versions {} to {} (or max)",
+                    index::MIN_VERSION,
+                    index::MAX_VERSION
+                ))
+                .into())
+            }
+        },
+    };
+    let config = Config::load(&common.config)?;
+    let layout = Layout::from_config(&config).context("laying out the spool")?;
+    let nc = NameConfig::from_config(&config).context("reading the namespace options")?;
+    if !args.dry_run {
+        // Root acts as the spool's owner so every file is created as Cyrus would.
+        crate::spool::atomic::become_owner_of(&config.config_directory())
+            .context("switching to the owner of the configuration directory")?;
+    }
+    let mboxlist = Mboxlist::load(&config, &nc, LOCK_TIMEOUT)?;
+    let (selected, not_found) = select(&mboxlist, &nc, args)?;
+    let opts = Opts {
+        make_changes: !args.dry_run,
+        always_parse: args.always_parse,
+        do_stat: !args.no_stat,
+        guid_rewrite: args.guid_rewrite,
+        guid_unlink: args.guid_unlink,
+        odd: if args.delete_odd {
+            OddFiles::Delete
+        } else if args.ignore_odd {
+            OddFiles::Ignore
+        } else {
+            OddFiles::Report
+        },
+        prefer_db: args.prefer_db,
+        version,
+        new_uidvalidity: args.new_uidvalidity,
+        parse: crate::mime::ParseOptions {
+            rfc2047_utf8: config.rfc2047_utf8(),
+            maxheaderlines: usize::try_from(config.maxheaderlines()).unwrap_or(1000),
+            ..Default::default()
+        },
+    };
+    let quota_roots = quota_roots(&config, &layout);
+    let progress = crate::ui::progress_for(
+        "reconstruct",
+        !common.no_progress && !common.quiet && !common.json,
+    );
+    progress.set_length(selected.len() as u64);
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .context("starting worker threads")?;
+    let env = Env {
+        layout: &layout,
+        nc: &nc,
+        opts: &opts,
+        quota_roots: &quota_roots,
+    };
+    let reports: Vec<MailboxReport> = pool.install(|| {
+        use rayon::prelude::*;
+        selected
+            .par_iter()
+            .map(|m| {
+                let r = env.mailbox(m);
+                progress.inc(1);
+                progress.set_message(&r.mailbox);
+                r
+            })
+            .collect()
+    });
+    progress.finish();
+
+    let db_updates: Vec<(Vec<u8>, u32)> = selected
+        .iter()
+        .zip(&reports)
+        .filter_map(|(m, r)| r.db_uidvalidity.map(|v| (m.dbname.clone(), v)))
+        .collect();
+    if !args.dry_run && !db_updates.is_empty() {
+        update_db_uidvalidity(&config, &mboxlist, &db_updates)
+            .context("updating UIDVALIDITY in the mailboxes database")?;
+    }
+    for a in &not_found {
+        eprintln!("cyrkit: mailbox {a} does not exist");
+    }
+    for r in &reports {
+        if let Some(e) = &r.error {
+            eprintln!("cyrkit: {}: {e}", r.mailbox);
+        }
+    }
+    if common.json {
+        let doc = serde_json::json!({
+            "dry_run": args.dry_run,
+            "mailboxes": reports,
+            "not_found": not_found,
+            "summary": summary(&reports),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else if !common.quiet {
+        for r in &reports {
+            for c in &r.changes {
+                println!("{}", c.line);
+            }
+            println!("{}", r.mailbox);
+        }
+        print_table(&reports);
+    }
+    if reports.iter().any(|r| r.tempfail) {
+        return Err(crate::spool::lock::LockError::Timeout {
+            path: PathBuf::from("(a mailbox lock)"),
+            waited: LOCK_TIMEOUT,
+        }
+        .into());
+    }
+    Ok(
+        if !not_found.is_empty() || reports.iter().any(|r| r.error.is_some()) {
+            Outcome::Partial
+        } else if args.dry_run && reports.iter().any(|r| !r.changes.is_empty() || r.modified) {
+            Outcome::Findings
+        } else {
+            Outcome::Clean
+        },
+    )
+}
+
+/// Sets the UIDVALIDITY of the `N` and `I` records of the given mailboxes (by dbname), under
+/// the database's exclusive lock: the pairs are re-read, changed, and written as a fresh
+/// file of the configured backend that replaces the old one atomically.
+fn update_db_uidvalidity(
+    config: &Config,
+    mboxlist: &Mboxlist,
+    updates: &[(Vec<u8>, u32)],
+) -> anyhow::Result<()> {
+    use crate::format::cyrusdb::Backend;
+    use crate::format::mboxlist::{write_dlist_value, MboxEntry, MboxKey};
+    use crate::format::{dlist, flat, skiplist, twoskip};
+    if !mboxlist.v36 {
+        anyhow::bail!("the mailboxes database predates Cyrus 3.5; not updated");
+    }
+    let path = config.mboxlist_db_path();
+    let backend = crate::spool::db::codec_for(config.mboxlist_db())
+        .ok_or_else(|| anyhow::anyhow!("unsupported mailboxes database backend"))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let held = crate::spool::lock::lock_file(
+        file,
+        &path,
+        crate::spool::lock::LockMode::Exclusive,
+        LOCK_TIMEOUT,
+    )?;
+    let map = crate::spool::db::map_file(held.file())?;
+    let mut pairs = crate::spool::db::read_pairs(&map, backend)?;
+    drop(map);
+    let by_name: HashMap<&[u8], u32> = updates.iter().map(|(n, v)| (n.as_slice(), *v)).collect();
+    let mut ids: HashMap<Vec<u8>, u32> = HashMap::new();
+    for (k, v) in pairs.iter_mut() {
+        if let Ok(MboxKey::Name(n)) = MboxKey::decode(k) {
+            if let Some(&uv) = by_name.get(n.as_slice()) {
+                let mut e = MboxEntry::from_v36_dlist(&dlist::parse(v)?)?;
+                e.uidvalidity = uv;
+                if let Some(id) = &e.uniqueid {
+                    ids.insert(id.clone(), uv);
+                }
+                *v = write_dlist_value(&e.to_v36_name_dlist());
+            }
+        }
+    }
+    for (k, v) in pairs.iter_mut() {
+        if let Ok(MboxKey::Id(id)) = MboxKey::decode(k) {
+            if let Some(&uv) = ids.get(&id) {
+                let mut e = MboxEntry::from_v36_dlist(&dlist::parse(v)?)?;
+                e.uidvalidity = uv;
+                *v = write_dlist_value(&e.to_v36_id_dlist());
+            }
+        }
+    }
+    let bytes = match backend {
+        Backend::Twoskip => twoskip::write_fresh(
+            &pairs,
+            &twoskip::FreshOptions {
+                order: backend.default_order(),
+                ..Default::default()
+            },
+        )?,
+        Backend::Skiplist => skiplist::write_fresh(
+            &pairs,
+            &skiplist::FreshOptions {
+                order: backend.default_order(),
+                seed: 0,
+                last_recovery: 0,
+            },
+        )?,
+        Backend::Flat => flat::write_fresh(&pairs)?,
+    };
+    crate::spool::atomic::replace(&path, &bytes)?;
+    drop(held);
+    Ok(())
+}
+
+fn summary(reports: &[MailboxReport]) -> serde_json::Value {
+    let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+    for c in reports.iter().flat_map(|r| &r.changes) {
+        *by_kind.entry(c.kind).or_default() += 1;
+    }
+    serde_json::json!({
+        "mailboxes": reports.len(),
+        "mailboxes_changed": reports.iter().filter(|r| r.modified).count(),
+        "messages": reports.iter().map(|r| r.messages).sum::<u64>(),
+        "errors": reports.iter().filter(|r| r.error.is_some()).count(),
+        "changes": by_kind,
+    })
+}
+
+fn print_table(reports: &[MailboxReport]) {
+    let mut t = crate::ui::table(&["reconstruct", "count"]);
+    let s = summary(reports);
+    let row = |t: &mut comfy_table::Table, k: &str, v: &serde_json::Value| {
+        t.add_row(vec![k.to_string(), v.to_string()]);
+    };
+    for k in ["mailboxes", "mailboxes_changed", "messages", "errors"] {
+        row(&mut t, k, &s[k]);
+    }
+    if let Some(m) = s["changes"].as_object() {
+        for (k, v) in m {
+            row(&mut t, k, v);
+        }
+    }
+    println!("{t}");
+}
+
+/// Quota roots by internal name (to give a rebuilt cyrus.header its `Q`).
+fn quota_roots(config: &Config, layout: &Layout) -> Vec<Vec<u8>> {
+    crate::spool::quota::load_roots(config, layout, LOCK_TIMEOUT)
+        .map(|m| m.into_keys().collect())
+        .unwrap_or_default()
+}
+
+/// Cyrus's mailbox patterns: `*` matches anything, `%` anything but the separator.
+fn glob(pat: &[u8], name: &[u8]) -> bool {
+    match pat.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => {
+            (0..=name.len()).any(|i| glob(rest, name.get(i..).unwrap_or_default()))
+        }
+        Some((b'%', rest)) => (0..=name.len())
+            .take_while(|&i| i == 0 || name.get(i - 1) != Some(&b'.'))
+            .any(|i| glob(rest, name.get(i..).unwrap_or_default())),
+        Some((c, rest)) => name
+            .split_first()
+            .is_some_and(|(n, nr)| n == c && glob(rest, nr)),
+    }
+}
+
+/// The mailboxes the arguments name, and the arguments that name none.
+fn select<'m>(
+    mboxlist: &'m Mboxlist,
+    nc: &NameConfig,
+    args: &ReconstructArgs,
+) -> anyhow::Result<(Vec<&'m MboxRecord>, Vec<String>)> {
+    if args.mailboxes.is_empty() {
+        return Ok((mboxlist.live().collect(), Vec::new()));
+    }
+    let mut wanted: Vec<(String, Vec<u8>, bool)> = Vec::new();
+    for a in &args.mailboxes {
+        if args.users {
+            let n = MboxName::user_inbox(a.as_bytes(), nc)
+                .map_err(|e| UsageError(format!("user {a:?}: {e}")))?;
+            wanted.push((a.clone(), n.to_internal(), true));
+        } else if a.contains(['*', '%']) {
+            // Patterns are matched on the internal name with the external separator mapped.
+            let p = if nc.unixhierarchysep {
+                a.replace('.', "^").replace('/', ".")
+            } else {
+                a.clone()
+            };
+            wanted.push((a.clone(), p.into_bytes(), false));
+        } else {
+            let n = mailbox::internal_arg(a, nc, args.recursive).map_err(UsageError)?;
+            wanted.push((a.clone(), n, args.recursive));
+        }
+    }
+    let covers = |(arg, w, rec): &(String, Vec<u8>, bool), int: &[u8]| {
+        if arg.contains(['*', '%']) && !args.users {
+            return glob(w, int);
+        }
+        int == w.as_slice()
+            || (*rec
+                && int.len() > w.len()
+                && int.starts_with(w)
+                && int.get(w.len()) == Some(&b'.'))
+    };
+    let selected: Vec<&MboxRecord> = mboxlist
+        .live()
+        .filter(|m| {
+            let int = m.name.to_internal();
+            wanted.iter().any(|w| covers(w, &int))
+        })
+        .collect();
+    let not_found = wanted
+        .iter()
+        .filter(|w| !selected.iter().any(|m| covers(w, &m.name.to_internal())))
+        .map(|w| w.0.clone())
+        .collect();
+    Ok((selected, not_found))
+}
+
+struct Env<'a> {
+    layout: &'a Layout,
+    nc: &'a NameConfig,
+    opts: &'a Opts,
+    quota_roots: &'a [Vec<u8>],
+}
+
+/// A parsed message file, remembered across re-plans by file identity.
+type ParseKey = (u64, u64, u64, i64);
+
+#[derive(Debug, Clone)]
+struct Parsed {
+    msg: ParsedMessage,
+    entry: Vec<u8>,
+}
+
+impl Env<'_> {
+    fn mailbox(&self, m: &MboxRecord) -> MailboxReport {
+        let internal = String::from_utf8_lossy(&m.name.to_internal()).into_owned();
+        let ext = m
+            .name
+            .to_external(self.nc)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_else(|_| internal.clone());
+        let mut report = MailboxReport {
+            mailbox: ext,
+            internal,
+            changes: Vec::new(),
+            modified: false,
+            messages: 0,
+            error: None,
+            db_uidvalidity: None,
+            tempfail: false,
+        };
+        if let Err(e) = self.mailbox_inner(m, &mut report) {
+            report.tempfail = e.chain().any(|c| {
+                matches!(
+                    c.downcast_ref::<crate::spool::lock::LockError>(),
+                    Some(crate::spool::lock::LockError::Timeout { .. })
+                )
+            });
+            report.error = Some(super::error_chain(&e));
+        }
+        report
+    }
+
+    fn mailbox_inner(&self, m: &MboxRecord, report: &mut MailboxReport) -> anyhow::Result<()> {
+        let files = MailboxFiles::locate(self.layout, m)?;
+        let mut cache: HashMap<ParseKey, Parsed> = HashMap::new();
+        let opts = self.opts;
+        let mut parse = |f: &MessageFile| -> std::io::Result<Parsed> {
+            let key = (f.dev, f.ino, f.size, f.mtime);
+            if let Some(p) = cache.get(&key) {
+                return Ok(p.clone());
+            }
+            let data = std::fs::read(&f.path)?;
+            let msg = parse_message(&data, &opts.parse);
+            let items: [&[u8]; NUM_CACHE_FIELDS] = std::array::from_fn(|i| msg.items[i].as_slice());
+            let entry = cache::write_entry(&items)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            let p = Parsed { msg, entry };
+            cache.insert(key, p.clone());
+            Ok(p)
+        };
+        let ctx = PlanCtx {
+            name: &report.internal,
+            ext: &report.mailbox,
+            m,
+            files: &files,
+            opts: self.opts,
+            now: now_secs(),
+            quotaroot: crate::spool::quota::owning_root(self.quota_roots, &m.name.to_internal())
+                .map(<[u8]>::to_vec),
+        };
+        if !self.opts.make_changes {
+            let _locks = mailbox::lock(self.layout, m, &files, OpenMode::Read, LOCK_TIMEOUT)?;
+            let snap = Snapshot::read(&files)?;
+            let plan = plan(&ctx, &snap, &mut parse)?;
+            report.changes = plan.changes;
+            report.modified = !plan.files.is_empty();
+            report.messages = plan.messages;
+            report.db_uidvalidity = plan.db_uidvalidity;
+            return Ok(());
+        }
+        // Parse outside the exclusive lock, then lock, re-read, re-plan if anything moved.
+        let first = Snapshot::read(&files)?;
+        let first_plan = plan(&ctx, &first, &mut parse)?;
+        let locks = mailbox::lock(self.layout, m, &files, OpenMode::Exclusive, LOCK_TIMEOUT)?;
+        let snap = Snapshot::read(&files)?;
+        let p = if snap == first {
+            first_plan
+        } else {
+            plan(&ctx, &snap, &mut parse)?
+        };
+        mailbox::commit(&files, &p.files)?;
+        drop(locks);
+        report.changes = p.changes;
+        report.modified = !p.files.is_empty();
+        report.messages = p.messages;
+        report.db_uidvalidity = p.db_uidvalidity;
+        Ok(())
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// While the stand-in parser is in use it cannot read Date headers: existing records keep
+/// their sentdate and gmtime rather than being "corrected" to wrong values.
+const PARSER_IS_STANDIN: bool = true;
+
+/// The ten cache items and the fields `message_parse` derives.
+// TODO(h-mime): replace the stand-in with `crate::mime::message::parse_message` once the
+// parser branch lands; everything else here is built against its `ParsedMessage`.
+fn parse_message(data: &[u8], _opts: &crate::mime::ParseOptions) -> ParsedMessage {
+    let header_size = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| data.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
+        .unwrap_or(data.len());
+    let body = data.len().saturating_sub(header_size);
+    let lines = data
+        .get(header_size..)
+        .unwrap_or_default()
+        .iter()
+        .filter(|&&c| c == b'\n')
+        .count();
+    let bs =
+        format!("(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" {body} {lines})");
+    let mut items: [Vec<u8>; NUM_CACHE_FIELDS] = Default::default();
+    items[0] = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)".to_vec();
+    items[1] = format!(
+        "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" {body} {lines} NIL NIL NIL NIL)"
+    )
+    .into_bytes();
+    items[2] = bs.into_bytes();
+    items[9] = b"NIL".to_vec();
+    ParsedMessage {
+        items,
+        size: data.len() as u64,
+        header_size: u32::try_from(header_size).unwrap_or(u32::MAX),
+        sentdate: 0,
+        gmtime: 0,
+        guid: index::guid_of(data),
+    }
+}
+
+/// Local midnight of a time (Cyrus's sentdate default: `localtime`, truncate, `mktime`).
+fn local_midnight(t: u64) -> u64 {
+    let Ok(tt) = libc::time_t::try_from(t) else {
+        return t;
+    };
+    // SAFETY: localtime_r and mktime only read and write the structs passed in.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&tt, &mut tm).is_null() {
+            return t;
+        }
+        tm.tm_sec = 0;
+        tm.tm_min = 0;
+        tm.tm_hour = 0;
+        let m = libc::mktime(&mut tm);
+        u64::try_from(m).unwrap_or(0)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plan
+
+struct PlanCtx<'a> {
+    /// Internal name, as Cyrus's report lines print it.
+    name: &'a str,
+    ext: &'a str,
+    m: &'a MboxRecord,
+    files: &'a MailboxFiles,
+    opts: &'a Opts,
+    now: u64,
+    /// The quota root Cyrus would give the mailbox (for a rebuilt cyrus.header).
+    quotaroot: Option<Vec<u8>>,
+}
+
+/// What a reconstruct of one mailbox changes.
+#[derive(Debug, Default)]
+struct Plan {
+    changes: Vec<Change>,
+    files: Changes,
+    messages: u64,
+    db_uidvalidity: Option<u32>,
+}
+
+impl Plan {
+    fn say(&mut self, kind: &'static str, uid: Option<u32>, line: String) {
+        self.changes.push(Change { kind, uid, line });
+    }
+}
+
+/// The surviving content of a `cyrus.index`.
+#[derive(Debug, Default)]
+struct OldIndex {
+    /// Version and sizes the records were read with.
+    version: Option<u32>,
+    /// The header, only when its CRC is good.
+    header: Option<IndexHeader>,
+    /// The header as parsed even if its CRC is bad (values not trusted).
+    raw: Option<IndexHeader>,
+    /// Records whose CRC is good, in strictly increasing UID order.
+    records: Vec<IndexRecord>,
+    /// Records wiped (bad CRC or out of order): (record number, uid as read).
+    wiped: Vec<(u32, u32)>,
+}
+
+fn be32(b: &[u8], off: usize) -> Option<u32> {
+    b.get(off..off + 4)
+        .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// Reads what survives of an index: the header if its CRC holds, and every record whose
+/// own CRC holds. When the header is damaged the version is taken from it if plausible,
+/// else guessed from the sizes it records, else 17.
+fn read_old_index(buf: Option<&[u8]>) -> OldIndex {
+    let mut out = OldIndex::default();
+    let Some(buf) = buf else { return out };
+    let fits = |v: u32| match (index::header_size(v), index::record_size(v)) {
+        (Some(h), Some(r)) => {
+            be32(buf, index::OFFSET_START_OFFSET) == Some(h as u32)
+                && be32(buf, index::OFFSET_RECORD_SIZE) == Some(r as u32)
+        }
+        _ => false,
+    };
+    let stated = be32(buf, index::OFFSET_MINOR_VERSION).filter(|&v| fits(v));
+    let version = stated
+        .or_else(|| {
+            [17, 16, 15, 14, 13, 12, 19, 20]
+                .into_iter()
+                .find(|&v| fits(v))
+        })
+        .unwrap_or(index::DEFAULT_VERSION);
+    let (Some(hsize), Some(rsize)) = (index::header_size(version), index::record_size(version))
+    else {
+        return out;
+    };
+    if buf.len() < hsize {
+        return out;
+    }
+    out.version = Some(version);
+    let header_ok = stated.is_some()
+        && be32(buf, hsize - 4) == Some(crc32(buf.get(..hsize - 4).unwrap_or_default()));
+    let mut raw = buf.get(..hsize).map(<[u8]>::to_vec).unwrap_or_default();
+    if stated.is_none() {
+        raw[index::OFFSET_MINOR_VERSION..index::OFFSET_MINOR_VERSION + 4]
+            .copy_from_slice(&version.to_be_bytes());
+    }
+    out.raw = index::parse_header(&raw).ok();
+    if header_ok {
+        out.header = out.raw.clone();
+    }
+    let present = (buf.len() - hsize) / rsize;
+    let n = match &out.header {
+        Some(h) => present.min(h.num_records as usize),
+        None => present,
+    };
+    let mut prev = 0u32;
+    for i in 0..n {
+        let Some(rb) = buf.get(hsize + i * rsize..hsize + (i + 1) * rsize) else {
+            break;
+        };
+        let recno = u32::try_from(i).unwrap_or(u32::MAX);
+        let uid = be32(rb, index::OFFSET_UID).unwrap_or(0);
+        if rb.iter().all(|&b| b == 0) && out.header.is_none() {
+            continue; // zeroed space past the records of a damaged header
+        }
+        if !index::record_crc_ok(rb, version) || uid <= prev {
+            out.wiped.push((recno, uid));
+            continue;
+        }
+        match index::parse_record(rb, version) {
+            Ok(r) => {
+                prev = r.uid;
+                out.records.push(r);
+            }
+            Err(_) => out.wiped.push((recno, uid)),
+        }
+    }
+    out
+}
+
+/// Whether a user flag name is an IMAP atom (`mailbox_reconstruct`'s "bogus flag name").
+fn is_atom(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&c| c > 0x20 && c < 0x7f && !b"(){%*\"\\]".contains(&c))
+}
+
+fn plan(
+    ctx: &PlanCtx<'_>,
+    snap: &Snapshot,
+    parse: &mut dyn FnMut(&MessageFile) -> std::io::Result<Parsed>,
+) -> anyhow::Result<Plan> {
+    let mut p = Plan::default();
+    let name = ctx.name;
+    let opts = ctx.opts;
+    let entry = &ctx.m.entry;
+
+    // cyrus.header: keep it if it reads; otherwise rebuild it from the database entry.
+    let old_header = snap.header.as_deref().and_then(|b| header::parse(b).ok());
+    let mut hdr = match &old_header {
+        Some(h) => h.clone(),
+        None => {
+            let why = if snap.header.is_some() {
+                "unreadable"
+            } else {
+                "missing"
+            };
+            p.say(
+                "header-rebuilt",
+                None,
+                format!("{name}: cyrus.header {why}, rebuilding it from the mailboxes database"),
+            );
+            MailboxHeader {
+                format: HeaderFormat::Dlist,
+                mbtype: entry.mbtype,
+                name: Some(ctx.m.name.to_internal()),
+                uniqueid: entry.uniqueid.clone(),
+                quotaroot: ctx.quotaroot.clone(),
+                acl: entry.acl.clone(),
+                user_flags: Vec::new(),
+                trailing: Vec::new(),
+            }
+        }
+    };
+    if let (Some(h), Some(dacl)) = (&old_header, &entry.acl) {
+        let hacl = h
+            .acl
+            .as_ref()
+            .map(|a| a.to_cyrus_string())
+            .unwrap_or_default();
+        let dacl = dacl.to_cyrus_string();
+        if hacl != dacl {
+            p.say(
+                "acl",
+                None,
+                format!(
+                    "{name}: update acl from header {} => {}",
+                    String::from_utf8_lossy(&dacl),
+                    String::from_utf8_lossy(&hacl)
+                ),
+            );
+        }
+    }
+    for (i, f) in hdr.user_flags.iter_mut().enumerate() {
+        if let Some(n) = f {
+            if !is_atom(n) {
+                p.say(
+                    "bogus-flag",
+                    None,
+                    format!("{name}: bogus flag name {i}:{}", String::from_utf8_lossy(n)),
+                );
+                *f = None;
+            }
+        }
+    }
+    while hdr.user_flags.last() == Some(&None) {
+        hdr.user_flags.pop();
+    }
+    let mut valid_flags = [0u32; 4];
+    for (i, f) in hdr.user_flags.iter().enumerate() {
+        if f.is_some() {
+            if let Some(w) = valid_flags.get_mut(i / 32) {
+                *w |= 1 << (i % 32);
+            }
+        }
+    }
+
+    // cyrus.index
+    let old = read_old_index(snap.index.as_deref());
+    if snap.index.is_none() {
+        p.say(
+            "index-missing",
+            None,
+            format!("{name}: cyrus.index missing, rebuilding it from the message files"),
+        );
+    } else if old.header.is_none() {
+        p.say(
+            "index-header",
+            None,
+            format!(
+                "{name}: cyrus.index header damaged, recomputing it from {} intact records",
+                old.records.len()
+            ),
+        );
+    }
+    for (recno, uid) in &old.wiped {
+        p.say(
+            "record-wiped",
+            Some(*uid),
+            format!(
+                "{name}: record corrupted {} (maybe uid {uid}), wiping",
+                recno + 1
+            ),
+        );
+    }
+    let from_version = old.version.unwrap_or(index::DEFAULT_VERSION);
+    let version = opts.version.unwrap_or(from_version);
+
+    // The cache: old bytes kept as a prefix when they are a cache file at all.
+    let old_cache = snap
+        .cache
+        .as_deref()
+        .filter(|c| cache::generation(c).is_ok() && c.len() >= CACHE_HEADER_SIZE);
+
+    let max_rec_modseq = old.records.iter().map(|r| r.modseq).max().unwrap_or(0);
+    let max_rec_uid = old.records.last().map_or(0, |r| r.uid);
+    let trusted = old.header.is_some();
+    let mut ih = match &old.header {
+        Some(h) => h.clone(),
+        None => fresh_header(ctx, &old, max_rec_modseq, max_rec_uid, old_cache),
+    };
+
+    // UIDVALIDITY: the database's when the index is lost; Cyrus's rules otherwise.
+    let db_uv = entry.uidvalidity;
+    if trusted && ih.uidvalidity != db_uv && db_uv != 0 {
+        if ih.uidvalidity == 0 || opts.prefer_db {
+            p.say(
+                "uidvalidity",
+                None,
+                format!(
+                    "Wrong uidvalidity in mailbox, fixing {name} ({} -> {db_uv})",
+                    ih.uidvalidity
+                ),
+            );
+            ih.uidvalidity = db_uv;
+        } else {
+            p.say(
+                "uidvalidity-db",
+                None,
+                format!(
+                    "Wrong uidvalidity in mbentry, fixing {name} ({db_uv} -> {})",
+                    ih.uidvalidity
+                ),
+            );
+            p.db_uidvalidity = Some(ih.uidvalidity);
+        }
+    }
+    if ih.uidvalidity == 0 || opts.new_uidvalidity {
+        let new = (ctx.now as u32).max(ih.uidvalidity.saturating_add(1));
+        p.say(
+            "uidvalidity-new",
+            None,
+            format!("{name}: new uidvalidity {} => {new}", ih.uidvalidity),
+        );
+        ih.uidvalidity = new;
+    }
+    if ih.uidvalidity != db_uv
+        && p.db_uidvalidity.is_none()
+        && (!trusted || opts.new_uidvalidity || db_uv == 0)
+    {
+        p.db_uidvalidity = Some(ih.uidvalidity);
+    }
+
+    let base_modseq = ih.highestmodseq.max(1);
+    let mut highest = base_modseq;
+    let mut last_uid = ih.last_uid;
+
+    // Message files: odd ones first, as Cyrus reports them.
+    for odd in &snap.listing.odd {
+        match opts.odd {
+            OddFiles::Ignore => {}
+            OddFiles::Report => {
+                p.say(
+                    "odd-file",
+                    None,
+                    format!("{name} odd file {}", odd.display()),
+                );
+                p.say(
+                    "odd-file-hint",
+                    None,
+                    "run reconstruct with -O to remove odd files".into(),
+                );
+            }
+            OddFiles::Delete => {
+                p.say(
+                    "odd-file",
+                    None,
+                    format!("{name} odd file {}", odd.display()),
+                );
+                p.files.removals.push(odd.clone());
+            }
+        }
+    }
+
+    let files = &snap.listing.messages;
+    let mut matched: BTreeSet<u32> = BTreeSet::new();
+    let mut discovered: Vec<u32> = Vec::new();
+    let mut new_cache: Vec<u8> = match old_cache {
+        Some(c) => c.to_vec(),
+        None => ih.generation_no.to_be_bytes().to_vec(),
+    };
+    let old_cache_len = new_cache.len();
+    let mut records: Vec<IndexRecord> = Vec::with_capacity(old.records.len() + files.len());
+    // Records that change get one new modseq, as one Cyrus session would give them.
+    let mut changed: Vec<usize> = Vec::new();
+
+    for rec in &old.records {
+        let uid = rec.uid;
+        let file = files.get(&uid);
+        if file.is_some() {
+            matched.insert(uid);
+        }
+        let mut r = rec.clone();
+        let have = match file {
+            Some(f) => !opts.do_stat || f.size > 0,
+            None => !opts.do_stat,
+        };
+        if !have {
+            if r.is_unlinked() {
+                records.push(r);
+                continue;
+            }
+            p.say(
+                "not-found",
+                Some(uid),
+                format!("{name} uid {uid} not found"),
+            );
+            r.internal_flags |= index::FLAG_INTERNAL_EXPUNGED | index::FLAG_INTERNAL_UNLINKED;
+            changed.push(records.len());
+            records.push(r);
+            continue;
+        }
+        let cache_ok = old_cache
+            .map(|c| cache::check_record_entry(c, r.cache_offset, r.cache_crc).is_ok())
+            .unwrap_or(false);
+        let size_differs = opts.do_stat && file.is_some_and(|f| f.size != r.size);
+        let reparse = opts.always_parse || size_differs || !cache_ok || r.internaldate == 0;
+        let mut new_entry: Option<Vec<u8>> = None;
+        if reparse {
+            let Some(f) = file else {
+                records.push(r);
+                continue; // -s: nothing to parse
+            };
+            let parsed = parse(f).with_context(|| format!("reading {}", f.path.display()))?;
+            p.messages += 1;
+            if parsed.msg.guid != r.guid {
+                p.say(
+                    "guid-mismatch",
+                    Some(uid),
+                    format!("{name} uid {uid} guid mismatch"),
+                );
+                if r.is_expunged() {
+                    p.say(
+                        "unlink-expunged",
+                        Some(uid),
+                        format!("{name} uid {uid} already expunged, unlinking"),
+                    );
+                    r.internal_flags |= index::FLAG_INTERNAL_UNLINKED;
+                    changed.push(records.len());
+                } else if opts.guid_rewrite {
+                    p.say(
+                        "uid-upgrade",
+                        Some(uid),
+                        format!("{name} uid {uid} marking for uid upgrade"),
+                    );
+                    r.internal_flags |=
+                        index::FLAG_INTERNAL_EXPUNGED | index::FLAG_INTERNAL_UNLINKED;
+                    changed.push(records.len());
+                    discovered.push(uid);
+                } else if opts.guid_unlink {
+                    p.say(
+                        "unlink",
+                        Some(uid),
+                        format!("{name} uid {uid} unlinking as requested with -U"),
+                    );
+                    r.internal_flags |=
+                        index::FLAG_INTERNAL_EXPUNGED | index::FLAG_INTERNAL_UNLINKED;
+                    changed.push(records.len());
+                    p.files.removals.push(f.path.clone());
+                } else {
+                    p.say(
+                        "guid-mismatch-hint",
+                        Some(uid),
+                        "run reconstruct with -R to fix or -U to remove".into(),
+                    );
+                }
+                records.push(r);
+                continue;
+            }
+            let m = &parsed.msg;
+            r.size = m.size;
+            r.header_size = m.header_size;
+            if r.internaldate == 0 {
+                r.internaldate = file.map_or(ctx.now, |f| u64::try_from(f.mtime).unwrap_or(0));
+            }
+            if !PARSER_IS_STANDIN {
+                r.gmtime = if m.gmtime != 0 {
+                    m.gmtime
+                } else {
+                    r.internaldate
+                };
+                r.sentdate = if m.sentdate != 0 {
+                    m.sentdate
+                } else {
+                    local_midnight(r.internaldate)
+                };
+            }
+            if !cache_ok || crc32(&parsed.entry) != r.cache_crc {
+                new_entry = Some(parsed.entry.clone());
+            }
+        }
+        if trusted && r.modseq > highest {
+            p.say(
+                "future-modseq",
+                Some(uid),
+                format!("{name} uid {uid} future modseq {} found", r.modseq),
+            );
+            highest = r.modseq;
+        }
+        if uid > last_uid {
+            if trusted {
+                p.say(
+                    "future-uid",
+                    Some(uid),
+                    format!("{name} future uid {uid} found"),
+                );
+            }
+            last_uid = uid;
+        }
+        for (w, v) in r.user_flags.iter_mut().zip(valid_flags) {
+            *w &= v;
+        }
+        let mut differs = false;
+        for (field, a, b) in [
+            ("internaldate", rec.internaldate, r.internaldate),
+            ("sentdate", rec.sentdate, r.sentdate),
+            ("size", rec.size, r.size),
+            ("header_size", rec.header_size.into(), r.header_size.into()),
+            ("gmtime", rec.gmtime, r.gmtime),
+            (
+                "systemflags",
+                rec.system_flags.into(),
+                r.system_flags.into(),
+            ),
+            (
+                "internalflags",
+                rec.internal_flags.into(),
+                r.internal_flags.into(),
+            ),
+        ] {
+            if a != b {
+                p.say(
+                    "mismatch",
+                    Some(uid),
+                    format!("{name} uid {uid} mismatch: {field}"),
+                );
+                differs = true;
+            }
+        }
+        if rec.user_flags != r.user_flags {
+            p.say(
+                "mismatch",
+                Some(uid),
+                format!("{name} uid {uid} mismatch: userflags"),
+            );
+            differs = true;
+        }
+        if let Some(e) = new_entry {
+            let off = new_cache.len() as u64;
+            let crc = crc32(&e);
+            p.say(
+                "cache",
+                Some(uid),
+                format!(
+                    "{name} rewrote cache for {uid} (offset {} to {off}, crc {} to {crc}/{crc})",
+                    if reparse { 0 } else { rec.cache_offset },
+                    rec.cache_crc
+                ),
+            );
+            new_cache.extend_from_slice(&e);
+            r.cache_offset = off;
+            r.cache_crc = crc;
+            r.cache_version = CACHE_VERSION_36;
+        }
+        // Only what a client can see takes a new modseq; a regenerated cache entry does
+        // not (Cyrus bumps it anyway, making every client refetch flags for nothing).
+        if differs {
+            changed.push(records.len());
+        }
+        records.push(r);
+    }
+
+    // Files without a record: above last_uid they keep their UID, below they are appended.
+    let inode_of: HashMap<(u64, u64), u32> = files
+        .values()
+        .filter(|f| matched.contains(&f.uid) || f.uid > last_uid)
+        .map(|f| ((f.dev, f.ino), f.uid))
+        .collect();
+    let mut found: Vec<u32> = Vec::new();
+    for (&uid, f) in files {
+        if matched.contains(&uid) {
+            continue;
+        }
+        if uid > last_uid {
+            found.push(uid);
+        } else if let Some(&twin) = inode_of.get(&(f.dev, f.ino)).filter(|&&t| t != uid) {
+            // An interrupted rename (link done, unlink not): the message has its new name.
+            p.say(
+                "duplicate-name",
+                Some(uid),
+                format!("{name} uid {uid} is another name of uid {twin}, removing this name"),
+            );
+            p.files.removals.push(f.path.clone());
+        } else {
+            discovered.push(uid);
+        }
+    }
+    discovered.sort_unstable();
+    discovered.dedup();
+    let mut appended: Vec<IndexRecord> = Vec::new();
+    let mut add =
+        |uid: u32, new_uid: u32, p: &mut Plan, new_cache: &mut Vec<u8>| -> anyhow::Result<bool> {
+            let Some(f) = files.get(&uid) else {
+                return Ok(false);
+            };
+            if f.size == 0 {
+                p.say(
+                    "not-found",
+                    Some(uid),
+                    format!("{name} uid {uid} not found"),
+                );
+                return Ok(false);
+            }
+            let parsed = parse(f).with_context(|| format!("reading {}", f.path.display()))?;
+            p.messages += 1;
+            let m = &parsed.msg;
+            let internaldate = u64::try_from(f.mtime).unwrap_or(0);
+            let off = new_cache.len() as u64;
+            new_cache.extend_from_slice(&parsed.entry);
+            appended.push(IndexRecord {
+                uid: new_uid,
+                internaldate,
+                sentdate: if m.sentdate != 0 {
+                    m.sentdate
+                } else {
+                    local_midnight(internaldate)
+                },
+                size: m.size,
+                header_size: m.header_size,
+                gmtime: if m.gmtime != 0 {
+                    m.gmtime
+                } else {
+                    internaldate
+                },
+                cache_offset: off,
+                last_updated: ctx.now,
+                savedate: ctx.now,
+                cache_version: CACHE_VERSION_36,
+                guid: m.guid,
+                cache_crc: crc32(&parsed.entry),
+                ..IndexRecord::default()
+            });
+            Ok(true)
+        };
+    for uid in found {
+        p.say(
+            "found",
+            Some(uid),
+            format!("{name} uid {uid} found - adding"),
+        );
+        if add(uid, uid, &mut p, &mut new_cache)? {
+            last_uid = last_uid.max(uid);
+        }
+    }
+    for uid in discovered {
+        p.say(
+            "rediscovered",
+            Some(uid),
+            format!("{name} uid {uid} rediscovered - appending"),
+        );
+        let new_uid = last_uid.saturating_add(1);
+        if add(uid, new_uid, &mut p, &mut new_cache)? {
+            last_uid = new_uid;
+            p.files
+                .renames
+                .push((ctx.files.message(uid), ctx.files.message(new_uid)));
+        }
+    }
+    let any_appended = !appended.is_empty();
+    if !changed.is_empty() || any_appended {
+        let new_modseq = highest.saturating_add(1);
+        for &i in &changed {
+            if let Some(r) = records.get_mut(i) {
+                r.modseq = new_modseq;
+                r.last_updated = ctx.now;
+            }
+        }
+        for r in &mut appended {
+            r.modseq = new_modseq;
+            r.createdmodseq = new_modseq;
+        }
+        highest = new_modseq;
+    }
+    records.extend(appended);
+    records.sort_by_key(|r| r.uid);
+
+    // The header: counts and CRCs from the records.
+    let mut nh = ih.clone();
+    nh.last_uid = last_uid;
+    nh.highestmodseq = highest;
+    if any_appended {
+        nh.last_appenddate = ctx.now;
+    }
+    let flag_names = hdr.user_flags.clone();
+    let d = index::derive(records.iter(), version, &flag_names, None);
+    let mut derived = nh.clone();
+    derived.apply_derived(&d, version);
+    if trusted && version >= 13 && snap_annotations_nonempty(ctx) {
+        // Per-message annotations cannot be summed here: keep the stored annotation CRC.
+        derived.sync_crc_annot = ih.sync_crc_annot;
+    }
+    if trusted {
+        report_counts(&mut p, name, &ih, &derived);
+    }
+    nh = derived;
+    nh.first_expunged = records
+        .iter()
+        .filter(|r| r.is_expunged() && !r.is_unlinked())
+        .map(|r| r.last_updated)
+        .min()
+        .unwrap_or(0);
+
+    // Serialise: header file (new or as it was), then the index with its CRC.
+    let header_bytes = match (&old_header, &snap.header) {
+        (Some(h), Some(b)) if *h == hdr => b.clone(),
+        _ => hdr.write().context("writing cyrus.header")?,
+    };
+    if snap.header.as_deref() != Some(&header_bytes[..]) {
+        p.files.header = Some(header_bytes.clone());
+    }
+    nh.header_file_crc = header::header_file_crc(&header_bytes);
+    let (nh, records) = if version != from_version {
+        p.say(
+            "version",
+            None,
+            format!("Converted {} version {from_version} to {version}", ctx.ext),
+        );
+        let h = index::convert_header(
+            &IndexHeader {
+                minor_version: from_version,
+                ..nh
+            },
+            version,
+        )?;
+        let rs = records
+            .iter()
+            .map(|r| index::convert_record(r, from_version, version))
+            .collect::<Result<Vec<_>, _>>()?;
+        (h, rs)
+    } else {
+        (nh, records)
+    };
+    let index_bytes = index::write_index(&nh, &records, version)?;
+    if snap.index.as_deref() != Some(&index_bytes[..]) {
+        p.files.index = Some(index_bytes);
+    }
+    if new_cache.len() != old_cache_len || (old_cache.is_none() && snap.cache.is_some()) {
+        p.files.cache = Some(new_cache);
+    }
+    Ok(p)
+}
+
+/// Whether the mailbox has per-message annotations (their CRCs are not recomputed).
+fn snap_annotations_nonempty(ctx: &PlanCtx<'_>) -> bool {
+    match std::fs::read(&ctx.files.annotations) {
+        Ok(b) => crate::spool::db::read_pairs(&b, crate::format::cyrusdb::Backend::Twoskip)
+            .map_or(true, |p| !p.is_empty()),
+        Err(_) => false,
+    }
+}
+
+/// An index header for a mailbox whose header is lost or damaged: every value Cyrus derives
+/// is recomputed later; the others come from the database entry, the surviving records and
+/// the cache, never lower than what a client may have seen.
+fn fresh_header(
+    ctx: &PlanCtx<'_>,
+    old: &OldIndex,
+    max_rec_modseq: u64,
+    max_rec_uid: u32,
+    old_cache: Option<&[u8]>,
+) -> IndexHeader {
+    let entry = &ctx.m.entry;
+    let raw = old.raw.as_ref();
+    // A damaged header's values are believed only when they are plausible.
+    let plausible_modseq = raw
+        .map(|h| h.highestmodseq)
+        .filter(|&v| v >= max_rec_modseq && v <= max_rec_modseq.saturating_add(1 << 32))
+        .unwrap_or(0);
+    let uidvalidity = if entry.uidvalidity != 0 {
+        entry.uidvalidity
+    } else {
+        raw.map_or(0, |h| h.uidvalidity)
+    };
+    IndexHeader {
+        generation_no: old_cache
+            .and_then(|c| cache::generation(c).ok())
+            .unwrap_or(0),
+        minor_version: old.version.unwrap_or(index::DEFAULT_VERSION),
+        last_uid: max_rec_uid,
+        uidvalidity,
+        highestmodseq: max_rec_modseq
+            .max(plausible_modseq)
+            .max(entry.foldermodseq)
+            .max(entry.createdmodseq)
+            .max(1),
+        options: raw.map_or(index::OPT_POP3_NEW_UIDL, |h| {
+            h.options
+                & (index::OPT_POP3_NEW_UIDL
+                    | index::OPT_IMAP_SHAREDSEEN
+                    | index::OPT_IMAP_DUPDELIVER)
+        }),
+        createdmodseq: if entry.createdmodseq != 0 {
+            entry.createdmodseq
+        } else {
+            1
+        },
+        recentuid: max_rec_uid,
+        changes_epoch: ctx.now,
+        ..IndexHeader::default()
+    }
+}
+
+fn report_counts(p: &mut Plan, name: &str, old: &IndexHeader, new: &IndexHeader) {
+    if old.quota_mailbox_used != new.quota_mailbox_used {
+        p.say(
+            "count",
+            None,
+            format!(
+                "{name} updating quota_mailbox_used: {} => {}",
+                old.quota_mailbox_used, new.quota_mailbox_used
+            ),
+        );
+    }
+    for (field, a, b) in [
+        ("answered", old.answered, new.answered),
+        ("flagged", old.flagged, new.flagged),
+        ("deleted", old.deleted, new.deleted),
+        ("exists", old.exists, new.exists),
+        ("sync_crc", old.sync_crc_basic, new.sync_crc_basic),
+        ("sync_crc_annot", old.sync_crc_annot, new.sync_crc_annot),
+    ] {
+        if a != b {
+            p.say(
+                "count",
+                None,
+                format!("{name}: updating {field} {a} => {b}"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_like_cyrus() {
+        assert!(glob(b"user.*", b"user.alice.Sent"));
+        assert!(glob(b"user.%", b"user.alice"));
+        assert!(!glob(b"user.%", b"user.alice.Sent"));
+        assert!(glob(b"*", b"shared"));
+        assert!(!glob(b"user.b*", b"user.alice"));
+    }
+
+    #[test]
+    fn old_index_keeps_good_records_when_the_header_crc_fails() {
+        let recs: Vec<IndexRecord> = (1..=3)
+            .map(|u| IndexRecord {
+                uid: u,
+                modseq: u64::from(u) + 4,
+                ..Default::default()
+            })
+            .collect();
+        let h = IndexHeader {
+            last_uid: 3,
+            highestmodseq: 7,
+            ..Default::default()
+        };
+        let mut buf = index::write_index(&h, &recs, 17).unwrap();
+        buf[50] ^= 1; // header damaged
+        let rs = index::V14_HEADER_SIZE + index::V16_RECORD_SIZE + 5;
+        buf[rs] ^= 1; // record 2 damaged
+        let old = read_old_index(Some(&buf));
+        assert!(old.header.is_none());
+        assert_eq!(old.version, Some(17));
+        assert_eq!(
+            old.records.iter().map(|r| r.uid).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(old.wiped, vec![(1, 2)]);
+    }
+}
