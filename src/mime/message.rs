@@ -893,3 +893,64 @@ mod tests {
         );
     }
 }
+
+/// Timing on big inputs: `cargo test --release --lib big_inputs -- --ignored --nocapture`.
+#[cfg(test)]
+mod perf {
+    use super::*;
+    use std::time::Instant;
+
+    fn time(name: &str, m: &[u8]) {
+        let t = Instant::now();
+        let r = parse_message(m, &ParseOptions::default());
+        eprintln!(
+            "{name}: {} MB in {:?} ({})",
+            m.len() >> 20,
+            t.elapsed(),
+            if r.is_ok() { "ok" } else { "error" }
+        );
+    }
+
+    #[test]
+    #[ignore]
+    fn big_inputs() {
+        const MB50: usize = 50 << 20;
+        // a base64 attachment in a multipart
+        let mut m = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+        while m.len() < MB50 {
+            m.extend_from_slice(
+                b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU2Nzg5YWJjZGVmZ2hpamts\r\n",
+            );
+        }
+        m.extend_from_slice(b"--b--\r\n");
+        time("base64 part", &m);
+        // quoted-printable text with near-miss boundary lines, 900 multiparts deep
+        let mut m = Vec::new();
+        for i in 0..900 {
+            m.extend_from_slice(
+                format!("Content-Type: multipart/mixed; boundary=bb{i}\r\n\r\n--bb{i}\r\n")
+                    .as_bytes(),
+            );
+        }
+        m.extend_from_slice(b"Content-Transfer-Encoding: quoted-printable\r\n\r\n");
+        while m.len() < MB50 {
+            m.extend_from_slice(b"--bb1x near miss =3D soft=\r\n");
+        }
+        time("deep multipart, boundary-like lines", &m);
+        // all header: bare LFs, 1000 Content-Type fields with an unterminated quote
+        let mut m = Vec::new();
+        for _ in 0..1000 {
+            m.extend_from_slice(b"Content-Type: text/plain; name=\"x\n");
+        }
+        while m.len() < MB50 {
+            m.extend_from_slice(b"X-Filler: abcdefghijklmnopqrstuvwxyz0123456789\n");
+        }
+        time("bare-LF header block with open quotes", &m);
+        // many small parts
+        let mut m = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n".to_vec();
+        while m.len() < MB50 {
+            m.extend_from_slice(b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhi\r\n");
+        }
+        time("many parts", &m);
+    }
+}
