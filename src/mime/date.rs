@@ -243,7 +243,10 @@ fn time_from_rfc5322(s: &[u8], date_only: bool) -> Option<u64> {
     }
     // Cyrus stores `t - zone` even if that dips below 0; such a value cannot be an unsigned
     // record time, so it is treated as unparsable here.
-    u64::try_from(i64::from(t).checked_sub(p.zone)?).ok()
+    // time_t is i32 on some targets.
+    #[allow(clippy::useless_conversion)]
+    let t = i64::from(t);
+    u64::try_from(t.checked_sub(p.zone)?).ok()
 }
 
 /// `(sentdate, gmtime)` for a raw Date header value (bytes after the colon, without the
