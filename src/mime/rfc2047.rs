@@ -319,10 +319,60 @@ pub fn decode_header(raw: &[u8], utf8: bool) -> Vec<u8> {
     out
 }
 
-/// Re-encode a non-ASCII parameter value the way Cyrus does after decoding a Content-Type
-/// value that started with `=?` (§4.6).
+/// `ENCODED_MAX_LINE_LEN`: encoded words are split before a line would reach this.
+const ENCODED_MAX_LINE_LEN: usize = 72;
+
+/// Re-encode a non-ASCII parameter value the way `message_parse_type` does after decoding a
+/// Content-Type value that started with `=?` (§4.6): `charset_encode_mimeheader(value, 0)`,
+/// which for a value with an 8-bit byte is `qp_encode` in header mode — `=?UTF-8?Q?`,
+/// printable ASCII except `=?_` literal, SP as `_`, other bytes `=XX`, CR LF (+WSP) splitting
+/// the word, and `?=` CR LF SP `=?UTF-8?Q?` before a line would reach 72 columns (never
+/// inside a UTF-8 sequence). Known difference: Cyrus first looks for an addr-spec in the
+/// value (`find_addr`) and then encodes only the phrases around it; such values are
+/// encoded whole here.
 pub fn encode_nonascii_param(value: &[u8]) -> Vec<u8> {
-    value.to_vec()
+    let value = &value[..value.iter().position(|&b| b == 0).unwrap_or(value.len())];
+    let mut out = Vec::with_capacity(value.len() * 3 + 12);
+    out.extend_from_slice(b"=?UTF-8?Q?");
+    let mut cnt = 10usize;
+    let mut n = 0;
+    while n < value.len() {
+        let this = value[n];
+        let next = value.get(n + 1).copied().unwrap_or(0);
+        let needbytes = match this {
+            0xc0..=0xdf => 3,
+            0xe0..=0xef => 6,
+            0xf0..=0xf7 => 9,
+            _ => 0,
+        };
+        if cnt + needbytes >= ENCODED_MAX_LINE_LEN {
+            out.extend_from_slice(b"?=\r\n =?UTF-8?Q?");
+            cnt = 11;
+        }
+        // QPSAFECHAR: printable ASCII except '='; in headers '?' and '_' are not safe.
+        if (33..=126).contains(&this) && !matches!(this, b'=' | b'?' | b'_') {
+            out.push(this);
+            cnt += 1;
+        } else if this == b' ' {
+            out.push(b'_');
+            cnt += 1;
+        } else if this == b'\r' && next == b'\n' {
+            if n + 2 < value.len() {
+                if matches!(value[n + 2], b' ' | b'\t') {
+                    n += 1;
+                }
+                out.extend_from_slice(b"?=\r\n =?UTF-8?Q?");
+                cnt = 12;
+            }
+            n += 1;
+        } else {
+            out.extend_from_slice(format!("={this:02X}").as_bytes());
+            cnt += 3;
+        }
+        n += 1;
+    }
+    out.extend_from_slice(b"?=");
+    out
 }
 
 #[cfg(test)]
@@ -370,6 +420,23 @@ mod tests {
         assert_eq!(d("a\r\n b"), "a b");
         assert_eq!(d("=?utf-8?q?a=00b?="), "a");
         assert_eq!(d(""), "");
+    }
+
+    #[test]
+    fn param_reencoding() {
+        assert_eq!(
+            encode_nonascii_param("café noir?.txt".as_bytes()),
+            b"=?UTF-8?Q?caf=C3=A9_noir=3F.txt?="
+        );
+        let long = "é".repeat(40);
+        let enc = encode_nonascii_param(long.as_bytes());
+        let first = enc.split(|&b| b == b'\r').next().unwrap();
+        assert!(first.len() < ENCODED_MAX_LINE_LEN + 2, "{}", first.len());
+        assert_eq!(decode_header(&unfold_for_test(&enc), true), long.as_bytes());
+    }
+
+    fn unfold_for_test(v: &[u8]) -> Vec<u8> {
+        crate::mime::unstructured(v)
     }
 
     #[test]
