@@ -140,6 +140,10 @@ enum IcuDecoding {
     Latin1,
     /// ICU's US-ASCII: bytes ≥ 0x80 are illegal.
     Ascii,
+    /// UTF-7 (RFC 2152; `imap` = the IMAP mailbox-name variant of RFC 3501).
+    Utf7 {
+        imap: bool,
+    },
     /// No equivalent decoder here: ASCII passes, every other byte becomes U+FFFD.
     Unsupported,
 }
@@ -243,6 +247,8 @@ fn icu_decoding(idx: usize) -> IcuDecoding {
             .map(|(name, aliases)| match *name {
                 "ISO-8859-1" => IcuDecoding::Latin1,
                 "US-ASCII" => IcuDecoding::Ascii,
+                "UTF-7" => IcuDecoding::Utf7 { imap: false },
+                "IMAP-mailbox-name" => IcuDecoding::Utf7 { imap: true },
                 _ => std::iter::once(name)
                     .chain(aliases.iter())
                     .find_map(|a| Encoding::for_label_no_replacement(a.as_bytes()))
@@ -372,6 +378,7 @@ impl Decoder {
                         push_utf8(out, u32::from(b));
                     }
                 }
+                IcuDecoding::Utf7 { imap } => utf7_decode(bytes, imap, out),
                 IcuDecoding::Ascii | IcuDecoding::Unsupported => {
                     for &b in bytes {
                         if b >= 0x80 {
@@ -400,6 +407,71 @@ impl Decoder {
         {
             *codepoint = 0;
             *bytesleft = 0;
+        }
+    }
+}
+
+/// A UTF-7 run (flushed at its end, as ICU is): base64 sections of UTF-16 between `+`
+/// (`&` for IMAP) and an optional `-`; `+-` (`&-`) is the shift character itself. An
+/// incomplete or invalid code unit becomes U+FFFD.
+fn utf7_decode(bytes: &[u8], imap: bool, out: &mut Vec<u8>) {
+    let (shift, slash) = if imap { (b'&', b',') } else { (b'+', b'/') };
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(u32::from(c - b'A')),
+        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+        b'+' => Some(62),
+        _ if c == slash => Some(63),
+        _ => None,
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        i += 1;
+        if c != shift {
+            if c >= 0x80 {
+                push_replacement(out);
+            } else {
+                out.push(c);
+            }
+            continue;
+        }
+        if bytes.get(i) == Some(&b'-') {
+            out.push(shift);
+            i += 1;
+            continue;
+        }
+        let (mut bits, mut nbits, mut high) = (0u32, 0u32, None::<u32>);
+        while let Some(v) = bytes.get(i).and_then(|&b| value(b)) {
+            i += 1;
+            bits = (bits << 6) | v;
+            nbits += 6;
+            if nbits >= 16 {
+                nbits -= 16;
+                let unit = (bits >> nbits) & 0xffff;
+                bits &= (1 << nbits) - 1;
+                match (high.take(), unit) {
+                    (Some(h), 0xdc00..=0xdfff) => {
+                        push_utf8(out, 0x10000 + ((h - 0xd800) << 10) + (unit - 0xdc00))
+                    }
+                    (h, _) => {
+                        if h.is_some() {
+                            push_replacement(out);
+                        }
+                        if (0xd800..=0xdbff).contains(&unit) {
+                            high = Some(unit);
+                        } else {
+                            push_utf8(out, unit);
+                        }
+                    }
+                }
+            }
+        }
+        if high.is_some() || bits != 0 {
+            push_replacement(out);
+        }
+        if bytes.get(i) == Some(&b'-') {
+            i += 1;
         }
     }
 }
@@ -3821,6 +3893,11 @@ mod tests {
         assert_eq!(d("utf-8", b"\xc3A\x80"), "\u{fffd}A\u{fffd}".as_bytes());
         assert_eq!(d("utf-8", b"\xed\xa0\x80"), "\u{fffd}".as_bytes());
         assert_eq!(d("iso-2022-jp", b"\x1b$B%F%9%H\x1b(B"), "テスト".as_bytes());
+        assert_eq!(
+            d("utf-7", b"Hi +AOk- 1+-1 +2D3eAQ-"),
+            "Hi é 1+1 \u{1f601}".as_bytes()
+        );
+        assert_eq!(d("imap-utf-7", b"Entw&APw-rfe"), "Entwürfe".as_bytes());
         assert_eq!(decoder(b"UTF8").unwrap().canonical(), "utf-8");
         assert_eq!(decoder(b"cp1252").unwrap().canonical(), "windows-1252");
         assert_eq!(decoder(b"l1").unwrap().canonical(), "ISO-8859-1");
