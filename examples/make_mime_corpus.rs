@@ -7,9 +7,10 @@
 //! refuses) — and then the stored file (`<case>.eml`) and what Cyrus derived from it (`<case>.json`:
 //! the ten cache items and the record fields) are extracted with the crate's own codecs.
 //!
-//! Two instances run with `TZ=UTC`: the default one (`rfc2047_utf8: no`, `munge8bit: yes`) and
-//! one with `rfc2047_utf8: yes` and `munge8bit: no`, which gets a `-rfc2047-utf8` twin of every case that
-//! holds a byte ≥ 0x80.
+//! Three instances run with `TZ=UTC`: the default one (`rfc2047_utf8: no`, `munge8bit: yes`);
+//! one with `rfc2047_utf8: yes` and `munge8bit: no`, which gets a `-rfc2047-utf8` twin of every
+//! case that holds a byte ≥ 0x80; and one with `maxheaderlines: 10`, `boundary_limit: 3` for the
+//! `limits-*` cases.
 
 #[path = "../tests/support/cyrus.rs"]
 mod cyrus;
@@ -42,11 +43,31 @@ enum Store {
     Raw,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Inst {
-    Plain,
-    Utf8,
+/// The imapd.conf options of one instance that change what `message_parse` produces.
+struct Settings {
+    rfc2047_utf8: bool,
+    munge8bit: bool,
+    maxheaderlines: usize,
+    boundary_limit: usize,
 }
+
+const DEFAULT: Settings = Settings {
+    rfc2047_utf8: false,
+    munge8bit: true,
+    maxheaderlines: 1000,
+    boundary_limit: 1000,
+};
+const UTF8: Settings = Settings {
+    rfc2047_utf8: true,
+    munge8bit: false,
+    ..DEFAULT
+};
+/// Small limits, so that their edges can be tested with small messages.
+const LIMITS: Settings = Settings {
+    maxheaderlines: 10,
+    boundary_limit: 3,
+    ..DEFAULT
+};
 
 struct Case {
     name: String,
@@ -141,9 +162,10 @@ fn main() -> Result<()> {
             fs::remove_file(p)?;
         }
     }
-    let n1 = run_instance(Inst::Plain, &cases.0, &out, &version).context("default instance")?;
-    let n2 = run_instance(Inst::Utf8, &utf8_twins, &out, &version).context("rfc2047_utf8")?;
-    eprintln!("{} cases written to {}", n1 + n2, out.display());
+    let n1 = run_instance(&DEFAULT, &cases.0, &out, &version).context("default instance")?;
+    let n2 = run_instance(&UTF8, &utf8_twins, &out, &version).context("rfc2047_utf8")?;
+    let n3 = run_instance(&LIMITS, &limit_cases().0, &out, &version).context("limits instance")?;
+    eprintln!("{} cases written to {}", n1 + n2 + n3, out.display());
     Ok(())
 }
 
@@ -164,13 +186,14 @@ fn header_block(data: &[u8]) -> &[u8] {
         .map_or(data, |p| &data[..p])
 }
 
-fn run_instance(inst: Inst, cases: &[Case], out: &Path, version: &str) -> Result<usize> {
-    let mut opts = CyrusOptions::default();
-    if inst == Inst::Utf8 {
-        opts = opts.with("rfc2047_utf8", "yes").with("munge8bit", "no");
-    }
-    let rfc2047_utf8 = inst == Inst::Utf8;
-    let munge8bit = inst == Inst::Plain;
+fn run_instance(set: &Settings, cases: &[Case], out: &Path, version: &str) -> Result<usize> {
+    let yes_no = |b: bool| if b { "yes" } else { "no" };
+    let opts = CyrusOptions::default()
+        .with("rfc2047_utf8", yes_no(set.rfc2047_utf8))
+        .with("munge8bit", yes_no(set.munge8bit))
+        .with("maxheaderlines", &set.maxheaderlines.to_string())
+        .with("boundary_limit", &set.boundary_limit.to_string());
+    let munge8bit = set.munge8bit;
     let mut cy = CyrusInstance::start(&opts)?;
     let mut admin = cy.imap_admin()?;
     admin.create(MAILBOX)?;
@@ -255,16 +278,7 @@ fn run_instance(inst: Inst, cases: &[Case], out: &Path, version: &str) -> Result
         let stored = fs::read(mbox_dir.join(format!("{uid}.")))?;
         let entry = CacheEntry::parse(&cache_buf, rec.cache_offset)
             .map_err(|e| anyhow::anyhow!("{}: cache entry: {e}", case.name))?;
-        let doc = case_json(
-            case,
-            rec,
-            &entry,
-            iversion,
-            appended,
-            rfc2047_utf8,
-            munge8bit,
-            version,
-        );
+        let doc = case_json(case, rec, &entry, iversion, appended, set, version);
         if stored != case.data {
             eprintln!("note: {}: Cyrus stored different bytes", case.name);
         }
@@ -324,8 +338,7 @@ fn case_json(
     entry: &CacheEntry<'_>,
     iversion: u32,
     appended: bool,
-    rfc2047_utf8: bool,
-    munge8bit: bool,
+    set: &Settings,
     version: &str,
 ) -> Value {
     let mut items = Map::new();
@@ -339,10 +352,10 @@ fn case_json(
         "stored_by": if appended { "append" } else { "reconstruct" },
         "tz": "UTC",
         "options": {
-            "rfc2047_utf8": rfc2047_utf8,
-            "munge8bit": munge8bit,
-            "maxheaderlines": 1000,
-            "boundary_limit": 1000,
+            "rfc2047_utf8": set.rfc2047_utf8,
+            "munge8bit": set.munge8bit,
+            "maxheaderlines": set.maxheaderlines,
+            "boundary_limit": set.boundary_limit,
         },
         "record": {
             "size": rec.size,
@@ -1142,6 +1155,12 @@ Subject: headers only
         s
     });
     c.raw(
+        "mime-short-lines-before-boundary",
+        "parts of 0, 1 and 2 bytes before a boundary, bare LF and CRLF",
+        b"Subject: short\r\nContent-Type: multipart/mixed; boundary=s\r\n\r\n--s\r\n\r\n\n--s\r\n\r\nx\n--s\r\n\r\n\r\n--s\r\n\r\n--s\r\n\r\nab\r\n--s\r\n\r\nc\r--s--\r\n"
+            .to_vec(),
+    );
+    c.raw(
         "mime-bare-lf-body",
         "CRLF headers, bare-LF multipart body",
         b"Subject: mixed eol\r\nContent-Type: multipart/mixed; boundary=zz\r\n\r\n--zz\nContent-Type: text/plain\n\nA\n--zz--\n".to_vec(),
@@ -1519,4 +1538,78 @@ body
         "Message-ID and In-Reply-To with spaces, comments, specials",
         "Subject: ids\nMessage-ID: (comment) <a b@x> trailing\nIn-Reply-To: <one@x> (c) <two@x> \"q\"\n\nbody\n",
     );
+}
+
+/// Cases for the instance with `maxheaderlines: 10` and `boundary_limit: 3`.
+fn limit_cases() -> Cases {
+    let mut c = Cases::default();
+    let mut s = String::from("Subject: limit nesting\n");
+    for i in 0..6 {
+        s.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n"
+        ));
+    }
+    s.push_str("Content-Type: text/plain\n\ncore\n");
+    for i in (0..6).rev() {
+        s.push_str(&format!("--b{i}--\nepilogue {i}\n"));
+    }
+    c.add(
+        "limits-deep-nesting",
+        "six nested multiparts, boundary_limit 3",
+        &s,
+    );
+    c.add(
+        "limits-nesting-siblings",
+        "three levels plus siblings at the limit",
+        r#"Subject: siblings at the limit
+Content-Type: multipart/mixed; boundary=A
+
+--A
+Content-Type: multipart/mixed; boundary=B
+
+--B
+Content-Type: multipart/mixed; boundary=C
+
+--C
+Content-Type: multipart/mixed; boundary=D
+
+--D
+Content-Type: text/plain
+
+deepest
+--D--
+--C
+Content-Type: text/plain
+
+c2
+--C--
+--B
+Content-Type: text/plain
+
+b2
+--B--
+--A
+Content-Type: message/rfc822
+
+Subject: inner
+Content-Type: multipart/mixed; boundary=E
+
+--E
+
+e1
+--E--
+--A--
+"#,
+    );
+    c.add(
+        "limits-header-lines",
+        "fields at header lines 8..13 with maxheaderlines 10",
+        "Comment: 1\nComment: 2\nComment: 3\nComment: 4\nComment: 5\nComment: 6\nComment: 7\nSubject: line 8\nFrom: line9@x.test\nTo: line10@x.test,\n folded11@x.test\nCc: line12@x.test\nContent-Type: text/html\n\nbody\n",
+    );
+    c.add(
+        "limits-part-header-lines",
+        "maxheaderlines on a part's header block",
+        "Subject: part headers\nContent-Type: multipart/mixed; boundary=p\n\n--p\nComment: 1\nComment: 2\nComment: 3\nComment: 4\nComment: 5\nComment: 6\nComment: 7\nComment: 8\nComment: 9\nContent-Type: text/html\nContent-Transfer-Encoding: base64\n\nPGI+\n--p--\n",
+    );
+    c
 }

@@ -21,7 +21,7 @@ pub struct Address {
 }
 
 /// `isspace` in the C locale.
-fn is_space(c: u8) -> bool {
+pub(crate) fn is_space(c: u8) -> bool {
     matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
@@ -362,4 +362,108 @@ pub fn parse_list(raw: &[u8]) -> Vec<Address> {
         group_end(&mut list);
     }
     list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (name, route, mailbox, domain) with `None` shown as "NIL".
+    fn parse(s: &str) -> Vec<[String; 4]> {
+        let f = |v: &Option<Vec<u8>>| {
+            v.as_ref().map_or("NIL".to_string(), |v| {
+                String::from_utf8_lossy(v).into_owned()
+            })
+        };
+        parse_list(s.as_bytes())
+            .iter()
+            .map(|a| [f(&a.name), f(&a.route), f(&a.mailbox), f(&a.domain)])
+            .collect()
+    }
+
+    fn one(n: &str, r: &str, m: &str, d: &str) -> [String; 4] {
+        [n.into(), r.into(), m.into(), d.into()]
+    }
+
+    #[test]
+    fn verified_examples() {
+        assert_eq!(
+            parse(" plain@n.test (comment name)"),
+            vec![one("comment name", "NIL", "plain", "n.test")]
+        );
+        assert_eq!(
+            parse(" @route1,@route2:user@host.test"),
+            vec![
+                one("NIL", "NIL", "", "route1"),
+                one("NIL", "NIL", "", "route2:user@host.test")
+            ]
+        );
+        assert_eq!(
+            parse(" A Group:Ed Jones <c@a.test>,joe@where.test,John <jdoe@one.test>;"),
+            vec![
+                one("NIL", "NIL", "A Group", "NIL"),
+                one("Ed Jones", "NIL", "c", "a.test"),
+                one("NIL", "NIL", "joe", "where.test"),
+                one("John", "NIL", "jdoe", "one.test"),
+                one("NIL", "NIL", "NIL", "NIL"),
+            ]
+        );
+        assert_eq!(
+            parse(" \"Bob, Jr.\" <bob@example.com>, <@a.test,@b.test:x@c..test.>"),
+            vec![
+                one("Bob, Jr.", "NIL", "bob", "example.com"),
+                one("NIL", "@a.test,@b.test", "x", "c.test"),
+            ]
+        );
+    }
+
+    #[test]
+    fn quirks() {
+        assert_eq!(
+            parse(" justname"),
+            vec![one("NIL", "NIL", "justname", "unspecified-domain")]
+        );
+        assert_eq!(parse(""), Vec::<[String; 4]>::new());
+        assert_eq!(parse(" \"unbalanced"), Vec::<[String; 4]>::new());
+        assert_eq!(
+            parse(" Open: a@b"),
+            vec![
+                one("NIL", "NIL", "Open", "NIL"),
+                one("NIL", "NIL", "a", "b"),
+                one("NIL", "NIL", "NIL", "NIL")
+            ]
+        );
+        assert_eq!(
+            parse(" <a>"),
+            vec![one("NIL", "NIL", "a", "unspecified-domain")]
+        );
+        assert_eq!(parse(" x@y\0z@w"), vec![one("NIL", "NIL", "x", "y")]);
+        assert_eq!(
+            parse(" \"a\\\"b\r\n c\" <m@d>"),
+            vec![one("a\"b c", "NIL", "m", "d")]
+        );
+    }
+
+    #[test]
+    fn hostile_input() {
+        let deep = "(".repeat(100_000);
+        assert!(parse_list(deep.as_bytes()).is_empty());
+        let many = "<@".repeat(50_000);
+        let _ = parse_list(many.as_bytes());
+        for s in [
+            &b"<"[..],
+            b"<@",
+            b"<@a",
+            b"<@a:",
+            b"<@a:b@",
+            b"a@(",
+            b"a@(\\",
+            b"\"\\",
+            b"@",
+            b":;",
+            b";",
+        ] {
+            let _ = parse_list(s);
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! The FROM/TO/CC/BCC "search form" items (`message_write_searchaddr`) and the SUBJECT item
 //! (docs: cyrus-mailbox-format.md §4.9).
 
+use super::address::is_space;
 use super::envelope::{address_field, string_field};
 use super::rfc2047::decode_header;
 use super::write_nstring;
@@ -8,11 +9,6 @@ use super::write_nstring;
 /// RFC 5322 atext specials: a decoded display name made only of these, ASCII letters,
 /// digits and whitespace is written bare.
 const ATEXT_SPECIALS: &[u8] = b"!#$%&'*+-/=?^_`{|}~";
-
-/// `isspace` in the C locale.
-fn is_space(c: u8) -> bool {
-    matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
-}
 
 /// The search-form item for an address header (`raw` as in [`super::envelope::EnvelopeFields`]);
 /// empty when the header is absent or holds no address.
