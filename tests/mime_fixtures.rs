@@ -1,7 +1,7 @@
 //! Byte-identity of the MIME parser with real Cyrus 3.6.1: for every live record of every
-//! fixture mailbox (fixtures/legacy, fixtures/uuid) and every case of the MIME corpus
-//! (fixtures/mime), parse the message file and compare each of the ten cache items Cyrus
-//! wrote, plus size, header_size, GUID, sentdate and gmtime of the record.
+//! fixture mailbox (fixtures/legacy, fixtures/uuid), parse the message file and compare each
+//! of the ten cache items Cyrus wrote, plus size, header_size, GUID, sentdate and gmtime of
+//! the record. (The MIME corpus, fixtures/mime, has its own test: tests/mime_corpus.rs.)
 //!
 //! Cases that are known to differ are listed in [`KNOWN_DIFFERENCES`] with the reason; such
 //! an entry must still differ (the test fails when it starts to match, so the list shrinks).
@@ -17,13 +17,13 @@ use cyrkit::mime::{ParseOptions, NUM_ITEMS};
 
 use cyrkit::format::cache::CACHE_ITEM_NAMES as ITEM_NAMES;
 
-/// `(case, what)`: a case (spool path relative to fixtures/, or `mime/<case>`) and the item
+/// `(case, what)`: a case (spool path relative to fixtures/) and the item
 /// or record field of it that is known to differ from Cyrus, with why.
 const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[];
 
 /// What Cyrus stored for one message.
 struct Case {
-    /// `legacy/spool/...` or `mime/<case>`.
+    /// `legacy/spool/...` or `uuid/spool/...`.
     name: String,
     path: PathBuf,
     opts: ParseOptions,
@@ -92,59 +92,6 @@ fn spool_cases(tree: &str) -> Vec<Case> {
         }
     }
     out
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect()
-}
-
-/// The cases of the MIME corpus (fixtures/mime/<case>.eml + <case>.json).
-fn corpus_cases() -> Vec<Case> {
-    let dir = fixtures().join("mime");
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("fixtures/mime")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|json_path| {
-            let j: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&json_path).expect("read json"))
-                    .expect("corpus json");
-            let case = j["case"].as_str().expect("case").to_string();
-            let item = |n: &str| -> Vec<u8> {
-                match &j["items"][n] {
-                    serde_json::Value::String(s) => s.as_bytes().to_vec(),
-                    v => unhex(v["hex"].as_str().expect("hex item")),
-                }
-            };
-            let o = &j["options"];
-            let r = &j["record"];
-            let num = |v: &serde_json::Value| v.as_u64().expect("number");
-            Case {
-                name: format!("mime/{case}"),
-                path: dir.join(format!("{case}.eml")),
-                opts: ParseOptions {
-                    rfc2047_utf8: o["rfc2047_utf8"].as_bool().expect("rfc2047_utf8"),
-                    maxheaderlines: num(&o["maxheaderlines"]) as usize,
-                    boundary_limit: num(&o["boundary_limit"]) as usize,
-                },
-                items: ITEM_NAMES.iter().map(|n| item(n)).collect(),
-                size: num(&r["size"]),
-                header_size: num(&r["header_size"]) as u32,
-                guid: unhex(r["guid"].as_str().expect("guid"))
-                    .try_into()
-                    .expect("20-byte guid"),
-                sentdate: num(&r["sentdate"]),
-                gmtime: num(&r["gmtime"]),
-                internaldate: num(&r["internaldate"]),
-            }
-        })
-        .collect()
 }
 
 /// A readable account of how `ours` differs from `cyrus`.
@@ -270,12 +217,5 @@ fn spool_fixtures_match_cyrus() {
     let mut cases = spool_cases("legacy");
     cases.extend(spool_cases("uuid"));
     assert!(cases.len() > 20, "only {} fixture messages", cases.len());
-    run(&cases);
-}
-
-#[test]
-fn mime_corpus_matches_cyrus() {
-    let cases = corpus_cases();
-    assert!(cases.len() > 100, "only {} corpus cases", cases.len());
     run(&cases);
 }

@@ -753,7 +753,8 @@ pub fn parse_tree<'a>(data: &'a [u8], opts: &ParseOptions) -> Result<Tree<'a>, M
 }
 
 /// Parse a message file into the ten cache items and the record fields, as Cyrus 3.6's
-/// `message_parse` + `message_create_record` do.
+/// `message_parse` + `message_create_record` do. `sentdate` and `gmtime` are the low 32 bits,
+/// as a 3.6 (v17) record stores them: a Date past 2106 wraps there.
 pub fn parse_message(data: &[u8], opts: &ParseOptions) -> Result<ParsedMessage, MimeError> {
     let tree = parse_tree(data, opts)?;
     let root = tree.body(0);
@@ -774,8 +775,8 @@ pub fn parse_message(data: &[u8], opts: &ParseOptions) -> Result<ParsedMessage, 
         items,
         size: data.len() as u64,
         header_size: root.header_size,
-        sentdate,
-        gmtime,
+        sentdate: sentdate & 0xffff_ffff,
+        gmtime: gmtime & 0xffff_ffff,
         guid: Sha1::digest(data).into(),
     })
 }

@@ -526,8 +526,7 @@ pub fn decode_extended_value(s: &[u8]) -> Option<Vec<u8>> {
             i += 1;
         }
     }
-    let mut out = Vec::with_capacity(raw.len());
-    super::charset::decoder(cs)?.decode_all(&raw, &mut out);
+    let mut out = super::charset::decoder(cs)?.decode(&raw);
     // the boundary is kept as a C string
     if let Some(nul) = out.iter().position(|&b| b == 0) {
         out.truncate(nul);
