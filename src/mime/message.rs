@@ -887,6 +887,26 @@ mod tests {
     }
 
     #[test]
+    fn boundary_after_bare_lf_first_header_line() {
+        // message_parse_headers cuts its buffer at next[-2], here the priming "\n": nothing is
+        // scanned (header_lines = -1) while strlen still counts the slurped boundary line
+        let m = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\n--b--\r\n";
+        let t = tree(m);
+        let p = t.body(t.body(0).parts[0]);
+        assert_eq!(p.header_lines, u32::MAX);
+        assert_eq!(p.header_size, 8);
+        assert_eq!((p.boundary_size, p.boundary_lines), (9, 2));
+    }
+
+    #[test]
+    fn extended_boundary_parameter() {
+        let m = b"Content-Type: multipart/mixed; boundary*=us-ascii''a%20b\r\n\r\n--a b\r\n\r\nx\r\n--a b--\r\n";
+        let t = tree(m);
+        assert_eq!(t.body(0).parts.len(), 1);
+        assert_eq!(t.body(t.body(0).parts[0]).content_size, 1);
+    }
+
+    #[test]
     fn empty_file_is_an_error() {
         assert_eq!(
             parse_tree(b"", &ParseOptions::default()).unwrap_err(),
