@@ -1,1 +1,259 @@
-//! Being written.
+//! Content-transfer decoders exactly as Cyrus 3.6 runs them for the per-part content GUIDs
+//! (`charset_decode_sha1` in lib/charset.c: `qp2byte`/`qp_flushline`, `b64_2byte`).
+//!
+//! Both are streaming: they hand decoded bytes to a sink in chunks so a large part is hashed
+//! without materialising its decoded form. They never fail; invalid input is skipped or kept
+//! literally the way Cyrus does.
+
+/// Transfer encodings as `message_parse_charset` classifies a part's Content-Transfer-Encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Absent, `7BIT`, `8BIT`, `BINARY`, or any MESSAGE/* part (`ENCODING_NONE`, 0).
+    None,
+    /// `QUOTED-PRINTABLE` (`ENCODING_QP`, 1).
+    QuotedPrintable,
+    /// `BASE64` (`ENCODING_BASE64`, 2).
+    Base64,
+    /// Anything else (`ENCODING_UNKNOWN`, 255): nothing is decoded.
+    Unknown,
+}
+
+impl Encoding {
+    /// The number Cyrus stores in the SECTION charset word.
+    pub fn number(self) -> u32 {
+        match self {
+            Encoding::None => 0,
+            Encoding::QuotedPrintable => 1,
+            Encoding::Base64 => 2,
+            Encoding::Unknown => 255,
+        }
+    }
+}
+
+/// Cyrus's `index_hex`: the value of a hex digit (either case), `None` otherwise.
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `qp_state.buf` holds 1000 bytes; `qp2byte` flushes (without a line break) once it holds
+/// more than 998.
+const QP_MAX_LINE: usize = 998;
+
+/// Decode quoted-printable `src` (body form: `_` is literal) into `sink`, as `qp2byte` does:
+/// CRs are dropped everywhere; each LF-terminated line has trailing SP/TAB stripped, a final
+/// `=` is a soft break, `=XX` decodes, any other `=` is literal, and a CRLF follows each hard
+/// line; a line longer than 998 bytes is flushed in pieces without a line break.
+pub fn qp_decode(src: &[u8], sink: &mut dyn FnMut(&[u8])) {
+    let mut line: Vec<u8> = Vec::with_capacity(QP_MAX_LINE + 2);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    for &c in src {
+        match c {
+            b'\r' => {}
+            b'\n' => qp_flush_line(&mut line, true, &mut out),
+            _ => {
+                line.push(c);
+                if line.len() > QP_MAX_LINE {
+                    qp_flush_line(&mut line, false, &mut out);
+                }
+            }
+        }
+        if out.len() >= 4096 {
+            sink(&out);
+            out.clear();
+        }
+    }
+    qp_flush_line(&mut line, false, &mut out);
+    if !out.is_empty() {
+        sink(&out);
+    }
+}
+
+/// `qp_flushline`: decode one buffered line into `out`.
+fn qp_flush_line(line: &mut Vec<u8>, mut endline: bool, out: &mut Vec<u8>) {
+    while matches!(line.last(), Some(b' ' | b'\t')) {
+        line.pop();
+    }
+    let n = line.len();
+    let mut i = 0;
+    while i < n {
+        let b = line[i];
+        if b == b'=' {
+            if i + 1 >= n {
+                endline = false; // soft line break
+            } else if let (true, Some(hi), Some(lo)) = (
+                i + 2 < n,
+                line.get(i + 1).copied().and_then(hex_value),
+                line.get(i + 2).copied().and_then(hex_value),
+            ) {
+                out.push((hi << 4) | lo);
+                i += 2;
+            } else {
+                out.push(b'=');
+            }
+        } else {
+            out.push(b);
+        }
+        i += 1;
+    }
+    if endline {
+        out.extend_from_slice(b"\r\n");
+    }
+    line.clear();
+}
+
+/// What `index_64` says about a byte.
+enum B64 {
+    Value(u8),
+    Pad,
+    Skip,
+}
+
+fn b64_class(c: u8) -> B64 {
+    match c {
+        b'A'..=b'Z' => B64::Value(c - b'A'),
+        b'a'..=b'z' => B64::Value(c - b'a' + 26),
+        b'0'..=b'9' => B64::Value(c - b'0' + 52),
+        b'+' => B64::Value(62),
+        b'/' => B64::Value(63),
+        b'=' => B64::Pad,
+        // whitespace (XS) and invalid characters (XX) are both skipped
+        _ => B64::Skip,
+    }
+}
+
+/// Decode base64 `src` into `sink`, as `b64_2byte` does: whitespace and invalid characters
+/// are skipped, `=` resets the 4-character group, an incomplete trailing group is dropped.
+pub fn base64_decode(src: &[u8], sink: &mut dyn FnMut(&[u8])) {
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let mut code: u32 = 0;
+    let mut left: u8 = 0;
+    for &c in src {
+        let b = match b64_class(c) {
+            B64::Skip => continue,
+            B64::Pad => {
+                code = 0;
+                left = 0;
+                continue;
+            }
+            B64::Value(v) => u32::from(v),
+        };
+        match left {
+            0 => {
+                code = b;
+                left = 3;
+            }
+            3 => {
+                out.push((((code << 2) | (b >> 4)) & 0xff) as u8);
+                code = b;
+                left = 2;
+            }
+            2 => {
+                out.push((((code << 4) | (b >> 2)) & 0xff) as u8);
+                code = b;
+                left = 1;
+            }
+            _ => {
+                out.push((((code << 6) | b) & 0xff) as u8);
+                code = 0;
+                left = 0;
+            }
+        }
+        if out.len() >= 4096 {
+            sink(&out);
+            out.clear();
+        }
+    }
+    if !out.is_empty() {
+        sink(&out);
+    }
+}
+
+/// `charset_decode_sha1`: SHA-1 and length of the transfer-decoded `src`; `None` for an
+/// unknown encoding (Cyrus then stores a null GUID and size 0).
+pub fn decoded_sha1(src: &[u8], encoding: Encoding) -> Option<([u8; 20], u64)> {
+    use sha1::{Digest, Sha1};
+    let mut hasher = Sha1::new();
+    let mut len: u64 = 0;
+    let mut sink = |chunk: &[u8]| {
+        hasher.update(chunk);
+        len = len.saturating_add(chunk.len() as u64);
+    };
+    match encoding {
+        Encoding::None => sink(src),
+        Encoding::QuotedPrintable => qp_decode(src, &mut sink),
+        Encoding::Base64 => base64_decode(src, &mut sink),
+        Encoding::Unknown => return None,
+    }
+    Some((hasher.finalize().into(), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qp(s: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        qp_decode(s, &mut |c| v.extend_from_slice(c));
+        v
+    }
+
+    fn b64(s: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        base64_decode(s, &mut |c| v.extend_from_slice(c));
+        v
+    }
+
+    #[test]
+    fn qp_rules() {
+        assert_eq!(qp(b"a=3Db=3d\r\n"), b"a=b=\r\n");
+        assert_eq!(qp(b"soft=\r\nbreak"), b"softbreak");
+        assert_eq!(qp(b"trail  \t\r\nx"), b"trail\r\nx");
+        assert_eq!(qp(b"bad=ZZ=4"), b"bad=ZZ=4");
+        assert_eq!(qp(b"=4\n"), b"=4\r\n");
+        assert_eq!(qp(b"a_b\rc"), b"a_bc");
+        assert_eq!(qp(b"bare\nlf"), b"bare\r\nlf");
+        // "=XX" right at the end of a line still decodes; "=X" at the end does not
+        assert_eq!(qp(b"x=4"), b"x=4");
+        assert_eq!(qp(b"x=41\n"), b"xA\r\n");
+        assert_eq!(qp(b"x=41"), b"xA");
+    }
+
+    #[test]
+    fn qp_overlong_line_flushes_without_crlf() {
+        let mut long = vec![b'a'; 999];
+        long.extend_from_slice(b"b\r\n");
+        let mut want = vec![b'a'; 999];
+        want.extend_from_slice(b"b\r\n");
+        assert_eq!(qp(&long), want);
+        // trailing spaces at the 999-byte flush point are stripped
+        let mut sp = vec![b'a'; 998];
+        sp.push(b' ');
+        sp.extend_from_slice(b"c\n");
+        let mut want = vec![b'a'; 998];
+        want.extend_from_slice(b"c\r\n");
+        assert_eq!(qp(&sp), want);
+    }
+
+    #[test]
+    fn base64_rules() {
+        assert_eq!(b64(b"aGVsbG8="), b"hello");
+        assert_eq!(b64(b"aGVs\r\nbG8h"), b"hello!");
+        assert_eq!(b64(b"!!!"), b"");
+        assert_eq!(b64(b"aGV=sbG8"), b"he\xb1\xb1\xbc");
+        assert_eq!(b64(b"aG"), b"h");
+        assert_eq!(b64(b"a"), b"");
+    }
+
+    #[test]
+    fn sha1_of_decoded() {
+        let (g, n) = decoded_sha1(b"aGVsbG8=", Encoding::Base64).unwrap();
+        let (g2, n2) = decoded_sha1(b"hello", Encoding::None).unwrap();
+        assert_eq!((g, n), (g2, n2));
+        assert!(decoded_sha1(b"x", Encoding::Unknown).is_none());
+    }
+}
