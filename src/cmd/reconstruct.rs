@@ -552,7 +552,12 @@ impl Env<'_> {
                 return Ok(p.clone());
             }
             let data = std::fs::read(&f.path)?;
-            let msg = parse_message(&data, &opts.parse);
+            let msg = crate::mime::message::parse_message(&data, &opts.parse).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("failed to parse: {e}"),
+                )
+            })?;
             let items: [&[u8]; NUM_CACHE_FIELDS] = std::array::from_fn(|i| msg.items[i].as_slice());
             let entry = cache::write_entry(&items)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
@@ -604,47 +609,6 @@ fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// While the stand-in parser is in use it cannot read Date headers: existing records keep
-/// their sentdate and gmtime rather than being "corrected" to wrong values.
-const PARSER_IS_STANDIN: bool = true;
-
-/// The ten cache items and the fields `message_parse` derives.
-// TODO(h-mime): replace the stand-in with `crate::mime::message::parse_message` once the
-// parser branch lands; everything else here is built against its `ParsedMessage`.
-fn parse_message(data: &[u8], _opts: &crate::mime::ParseOptions) -> ParsedMessage {
-    let header_size = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-        .or_else(|| data.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
-        .unwrap_or(data.len());
-    let body = data.len().saturating_sub(header_size);
-    let lines = data
-        .get(header_size..)
-        .unwrap_or_default()
-        .iter()
-        .filter(|&&c| c == b'\n')
-        .count();
-    let bs =
-        format!("(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" {body} {lines})");
-    let mut items: [Vec<u8>; NUM_CACHE_FIELDS] = Default::default();
-    items[0] = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)".to_vec();
-    items[1] = format!(
-        "(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"us-ascii\") NIL NIL \"7BIT\" {body} {lines} NIL NIL NIL NIL)"
-    )
-    .into_bytes();
-    items[2] = bs.into_bytes();
-    items[9] = b"NIL".to_vec();
-    ParsedMessage {
-        items,
-        size: data.len() as u64,
-        header_size: u32::try_from(header_size).unwrap_or(u32::MAX),
-        sentdate: 0,
-        gmtime: 0,
-        guid: index::guid_of(data),
-    }
 }
 
 /// Local midnight of a time (Cyrus's sentdate default: `localtime`, truncate, `mktime`).
@@ -1092,18 +1056,16 @@ fn plan(
             if r.internaldate == 0 {
                 r.internaldate = file.map_or(ctx.now, |f| u64::try_from(f.mtime).unwrap_or(0));
             }
-            if !PARSER_IS_STANDIN {
-                r.gmtime = if m.gmtime != 0 {
-                    m.gmtime
-                } else {
-                    r.internaldate
-                };
-                r.sentdate = if m.sentdate != 0 {
-                    m.sentdate
-                } else {
-                    local_midnight(r.internaldate)
-                };
-            }
+            r.gmtime = if m.gmtime != 0 {
+                m.gmtime
+            } else {
+                r.internaldate
+            };
+            r.sentdate = if m.sentdate != 0 {
+                m.sentdate
+            } else {
+                local_midnight(r.internaldate)
+            };
             if !cache_ok || crc32(&parsed.entry) != r.cache_crc {
                 new_entry = Some(parsed.entry.clone());
             }
