@@ -35,6 +35,11 @@ use crate::spool::mailbox_lock::OpenMode;
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
 use crate::spool::names::{MboxName, NameConfig};
 use crate::spool::paths::Layout;
+use crate::spool::quota::{mailbox_usage, QuotaStore, QuotaStoreError, Usage};
+
+mod adopt;
+
+use adopt::{AdoptEnv, Known, Origin};
 
 /// How long to wait for a lock a running Cyrus holds before giving up (exit 75).
 const LOCK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -74,7 +79,7 @@ pub struct ReconstructArgs {
     /// Prefer the mailboxes database over the mailbox for UIDVALIDITY
     #[arg(short = 'M')]
     pub prefer_db: bool,
-    /// Partition for mailboxes created with -p/-f (not supported yet)
+    /// The named mailboxes do not exist: create their entries on PART (from what is there)
     #[arg(short = 'p', value_name = "PART")]
     pub partition: Option<String>,
     /// Write this cyrus.index minor version (12..17, or `max`)
@@ -83,7 +88,7 @@ pub struct ReconstructArgs {
     /// Arguments are user ids: all of their mailboxes
     #[arg(short = 'u')]
     pub users: bool,
-    /// Arguments are cyrus.header paths: only (re)create database entries (not supported yet)
+    /// Arguments are cyrus.header paths: only (re)create database entries
     #[arg(short = 'P')]
     pub header_paths: bool,
     /// Give the mailbox a new UIDVALIDITY (Cyrus's behaviour after metadata loss): every
@@ -155,6 +160,19 @@ pub struct MailboxReport {
     /// The UIDVALIDITY the mailboxes database entry must get, when it differs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_uidvalidity: Option<u32>,
+    /// The entry was created by this run (`-p`, `-f`): `imported` or `new` (`-x`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<&'static str>,
+    /// `-f`: mailboxes found below this one without a database entry (internal names).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub discovered: Vec<String>,
+    /// `updated` when the mailbox's change of usage was added to its quota root at once
+    /// (its previous usage known); every root is recounted at the end of a run anyway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<&'static str>,
+    /// The root to recount at the end of the run.
+    #[serde(skip)]
+    recount_root: Option<Vec<u8>>,
     #[serde(skip)]
     tempfail: bool,
 }
@@ -171,11 +189,25 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
         };
         return super::reconstruct_m::run(common, &m);
     }
-    if args.header_paths || args.partition.is_some() || args.filesystem || args.no_import {
+    if args.header_paths
+        && (args.users || args.recursive || args.filesystem || args.partition.is_some())
+    {
+        return Err(UsageError("-P takes none of -u, -r, -f, -p".into()).into());
+    }
+    if args.header_paths && args.mailboxes.is_empty() {
+        return Err(UsageError("-P: give the paths of cyrus.header files".into()).into());
+    }
+    if args.no_import && !args.filesystem && args.partition.is_none() {
+        return Err(UsageError("-x goes with -p or -f".into()).into());
+    }
+    if args.partition.is_some() && args.mailboxes.is_empty() {
         return Err(UsageError(
-            "-P, -p, -f and -x (creating mailboxes database entries) are not supported yet".into(),
+            "When using -p, you must specify a mailbox to attempt to reconstruct.".into(),
         )
         .into());
+    }
+    if args.partition.is_some() && args.mailboxes.iter().any(|a| a.contains(['*', '%'])) {
+        return Err(UsageError("Using wildcards with -p is not supported.".into()).into());
     }
     if args.recursive && args.mailboxes.is_empty() {
         return Err(UsageError("please specify a mailbox to recurse from".into()).into());
@@ -203,8 +235,65 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
         crate::spool::atomic::become_owner_of(&config.config_directory())
             .context("switching to the owner of the configuration directory")?;
     }
-    let mboxlist = Mboxlist::load(&config, &nc, LOCK_TIMEOUT)?;
+    let mut mboxlist = Mboxlist::load(&config, &nc, LOCK_TIMEOUT)?;
+    let aenv = AdoptEnv {
+        config: &config,
+        layout: &layout,
+        nc: &nc,
+    };
+    if args.header_paths {
+        return run_header_paths(common, args, &aenv, &mboxlist);
+    }
+    let mut known = Known::from_mboxlist(&mboxlist);
+    let mut problems: Vec<super::reconstruct_m::Problem> = Vec::new();
+    let mut created: HashMap<Vec<u8>, Origin> = HashMap::new();
+    if let Some(part) = &args.partition {
+        if !layout.partitions.contains_key(part) {
+            return Err(UsageError(format!(
+                "no partition-{part} in {}",
+                common.config.display()
+            ))
+            .into());
+        }
+        let mut names = Vec::new();
+        for a in &args.mailboxes {
+            let n = MboxName::from_external(a.as_bytes(), &nc)
+                .map_err(|e| UsageError(format!("mailbox name {a:?}: {e}")))?;
+            if mboxlist.live().any(|m| m.name == n) {
+                return Err(
+                    UsageError(format!("Mailbox {a} already exists.  Cannot specify -p.")).into(),
+                );
+            }
+            names.push(n);
+        }
+        let new = adopt::for_partition(
+            &aenv,
+            &mut known,
+            part,
+            &names,
+            args.no_import,
+            &mut problems,
+        );
+        let recs: Vec<MboxRecord> = new.iter().map(|(r, _)| r.clone()).collect();
+        let ok = add_entries(&config, &recs, args.dry_run)?;
+        for ((r, origin), res) in new.into_iter().zip(ok) {
+            match res {
+                Ok(()) => {
+                    created.insert(r.dbname.clone(), origin);
+                    mboxlist.mailboxes.push(r);
+                }
+                Err(e) => eprintln!("cyrkit: could not create {}: {e}", r.name),
+            }
+        }
+    }
     let (selected, not_found) = select(&mboxlist, &nc, args)?;
+    let mut batch: Vec<(MboxRecord, Origin)> = selected
+        .into_iter()
+        .map(|m| {
+            let origin = created.get(&m.dbname).copied().unwrap_or(Origin::Existing);
+            (m.clone(), origin)
+        })
+        .collect();
     let opts = Opts {
         make_changes: !args.dry_run,
         always_parse: args.always_parse,
@@ -228,11 +317,11 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
         },
     };
     let quota_roots = quota_roots(&config, &layout);
+    let quota_store = crate::spool::quota::QuotaStore::open(&config, &layout).ok();
     let progress = crate::ui::progress_for(
         "reconstruct",
         !common.no_progress && !common.quiet && !common.json,
     );
-    progress.set_length(selected.len() as u64);
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -246,32 +335,84 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
         nc: &nc,
         opts: &opts,
         quota_roots: &quota_roots,
+        quota_store: quota_store.as_ref(),
     };
-    let reports: Vec<MailboxReport> = pool.install(|| {
-        use rayon::prelude::*;
-        selected
-            .par_iter()
-            .map(|m| {
-                let r = env.mailbox(m);
-                progress.inc(1);
-                progress.set_message(&r.mailbox);
-                r
-            })
-            .collect()
-    });
+    let mut reports: Vec<MailboxReport> = Vec::new();
+    let mut db_updates: Vec<(Vec<u8>, u32)> = Vec::new();
+    let mut total = 0u64;
+    // -f: each round's mailboxes may reveal directories below them for the next round.
+    while !batch.is_empty() {
+        total += batch.len() as u64;
+        progress.set_length(total);
+        let mut round: Vec<MailboxReport> = pool.install(|| {
+            use rayon::prelude::*;
+            batch
+                .par_iter()
+                .map(|(m, origin)| {
+                    let r = env.mailbox(m, *origin);
+                    progress.inc(1);
+                    progress.set_message(&r.mailbox);
+                    r
+                })
+                .collect()
+        });
+        db_updates.extend(
+            batch
+                .iter()
+                .zip(&round)
+                .filter_map(|((m, _), r)| r.db_uidvalidity.map(|v| (m.dbname.clone(), v))),
+        );
+        let mut next: Vec<(MboxRecord, Origin)> = Vec::new();
+        if args.filesystem {
+            for ((m, _), r) in batch.iter().zip(round.iter_mut()) {
+                let found = adopt::discover(&aenv, &mut known, m, args.no_import, &mut problems);
+                r.discovered = found.iter().map(|(f, _)| f.name.to_string()).collect();
+                next.extend(found);
+            }
+            let recs: Vec<MboxRecord> = next.iter().map(|(r, _)| r.clone()).collect();
+            let ok = add_entries(&config, &recs, args.dry_run)?;
+            next = next
+                .into_iter()
+                .zip(ok)
+                .filter_map(|(n, res)| match res {
+                    Ok(()) => Some(n),
+                    Err(e) => {
+                        eprintln!("cyrkit: createmailbox {}: {e}", n.0.name);
+                        None
+                    }
+                })
+                .collect();
+        }
+        reports.append(&mut round);
+        batch = next;
+    }
     progress.finish();
 
-    let db_updates: Vec<(Vec<u8>, u32)> = selected
-        .iter()
-        .zip(&reports)
-        .filter_map(|(m, r)| r.db_uidvalidity.map(|v| (m.dbname.clone(), v)))
-        .collect();
     if !args.dry_run && !db_updates.is_empty() {
+        let mboxlist = Mboxlist::load(&config, &nc, LOCK_TIMEOUT)?;
         update_db_uidvalidity(&config, &mboxlist, &db_updates)
             .context("updating UIDVALIDITY in the mailboxes database")?;
     }
+    let recount: BTreeSet<Vec<u8>> = reports
+        .iter()
+        .filter_map(|r| r.recount_root.clone())
+        .collect();
+    let mut quota_failed = false;
+    if !args.dry_run && !recount.is_empty() {
+        quota_failed = !recount_roots(common, &nc, &recount);
+    }
     for a in &not_found {
         eprintln!("cyrkit: mailbox {a} does not exist");
+    }
+    for p in &problems {
+        let mut line = String::new();
+        if let Some(m) = &p.mailbox {
+            line.push_str(&format!("{m}: "));
+        }
+        if let Some(path) = &p.path {
+            line.push_str(&format!("{}: ", path.display()));
+        }
+        eprintln!("cyrkit: {line}{}", p.message);
     }
     for r in &reports {
         if let Some(e) = &r.error {
@@ -292,6 +433,9 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
                 println!("{}", c.line);
             }
             println!("{}", r.mailbox);
+            for d in &r.discovered {
+                println!("discovered {d}");
+            }
         }
         print_table(&reports);
     }
@@ -303,14 +447,209 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
         .into());
     }
     Ok(
-        if !not_found.is_empty() || reports.iter().any(|r| r.error.is_some()) {
+        if !not_found.is_empty()
+            || quota_failed
+            || problems.iter().any(|p| p.error)
+            || reports.iter().any(|r| r.error.is_some())
+        {
             Outcome::Partial
-        } else if args.dry_run && reports.iter().any(|r| !r.changes.is_empty() || r.modified) {
+        } else if args.dry_run
+            && reports
+                .iter()
+                .any(|r| !r.changes.is_empty() || r.modified || r.created.is_some())
+        {
             Outcome::Findings
         } else {
             Outcome::Clean
         },
     )
+}
+
+/// Creates the database entries of `recs` (with `-n`, only checks nothing is in the way).
+fn add_entries(
+    config: &Config,
+    recs: &[MboxRecord],
+    dry_run: bool,
+) -> anyhow::Result<Vec<Result<(), String>>> {
+    if recs.is_empty() {
+        return Ok(Vec::new());
+    }
+    if dry_run {
+        return Ok(recs.iter().map(|_| Ok(())).collect());
+    }
+    adopt::write_entries(config, recs, false).context("adding entries to the mailboxes database")
+}
+
+/// `-P`: (re)create the database entries the given `cyrus.header` files describe.
+fn run_header_paths(
+    common: &Common,
+    args: &ReconstructArgs,
+    aenv: &AdoptEnv<'_>,
+    mboxlist: &Mboxlist,
+) -> anyhow::Result<Outcome> {
+    let known = Known::from_mboxlist(mboxlist);
+    let mut failed = false;
+    let mut done = Vec::new();
+    for a in &args.mailboxes {
+        match adopt::entry_from_header_path(aenv, mboxlist, &known, a) {
+            Ok(r) => done.push(r),
+            Err(e) => {
+                eprintln!("cyrkit: {e}");
+                failed = true;
+            }
+        }
+    }
+    let results = if args.dry_run {
+        done.iter().map(|_| Ok(())).collect()
+    } else {
+        adopt::write_entries(aenv.config, &done, true).context("writing the mailboxes database")?
+    };
+    let mut lines = Vec::new();
+    for (r, res) in done.iter().zip(results) {
+        let id = String::from_utf8_lossy(r.entry.uniqueid.as_deref().unwrap_or_default());
+        match res {
+            Ok(()) => lines.push(format!("created mbentry for {} ({id})", r.name)),
+            Err(e) => {
+                eprintln!(
+                    "cyrkit: failed to create mbentry for {} ({id}): {e}",
+                    r.name
+                );
+                failed = true;
+            }
+        }
+    }
+    if common.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "dry_run": args.dry_run,
+                "created": lines,
+            }))?
+        );
+    } else if !common.quiet {
+        for l in &lines {
+            println!("{l}");
+        }
+    }
+    Ok(if failed {
+        Outcome::Partial
+    } else if args.dry_run && !lines.is_empty() {
+        Outcome::Findings
+    } else {
+        Outcome::Clean
+    })
+}
+
+/// Recounts quota roots whose mailboxes' previous usage is unknown (a lost or damaged
+/// index, an adopted mailbox), as `cyrkit quota -f ROOT` does. Returns false on failure.
+fn recount_roots(common: &Common, nc: &NameConfig, roots: &BTreeSet<Vec<u8>>) -> bool {
+    let mut prefixes = Vec::new();
+    let mut domains = Vec::new();
+    for r in roots {
+        if let Some(d) = r.strip_suffix(b"!") {
+            domains.push(String::from_utf8_lossy(d).into_owned());
+            continue;
+        }
+        match MboxName::from_internal(r, nc).and_then(|n| n.to_external(nc)) {
+            Ok(e) => prefixes.push(String::from_utf8_lossy(&e).into_owned()),
+            Err(e) => {
+                eprintln!(
+                    "cyrkit: quota root {}: {e}; not recounted",
+                    String::from_utf8_lossy(r)
+                );
+                return false;
+            }
+        }
+    }
+    let quiet = Common {
+        config: common.config.clone(),
+        json: false,
+        quiet: true,
+        no_progress: true,
+    };
+    let mut ok = true;
+    let mut runs: Vec<super::quota::QuotaArgs> = Vec::new();
+    let base = super::quota::QuotaArgs {
+        fix: true,
+        dry_run: false,
+        domain: None,
+        users: false,
+        cyrus_json: false,
+        remove_unused: false,
+        prefixes: Vec::new(),
+    };
+    if !prefixes.is_empty() {
+        runs.push(super::quota::QuotaArgs {
+            prefixes,
+            ..base.clone()
+        });
+    }
+    for d in domains {
+        runs.push(super::quota::QuotaArgs {
+            domain: Some(d),
+            ..base.clone()
+        });
+    }
+    for q in runs {
+        match super::quota::run(&quiet, &q) {
+            Ok(Outcome::Clean) | Ok(Outcome::Findings) => {}
+            Ok(_) => ok = false,
+            Err(e) => {
+                eprintln!("cyrkit: recounting quota: {}", super::error_chain(&e));
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// Adds one mailbox's change of usage (`new - old`) to its quota root under the root's
+/// lock, as `quota_update_useds` does: never below zero, and into the `SCAN` totals too
+/// when a `quota -f` is counting the root and has passed this mailbox already. User roots
+/// get the next `MODSEQ`, as `quota_write` gives them. Returns false when there is no
+/// such root (Cyrus then changes nothing either).
+fn charge_root(
+    store: &QuotaStore,
+    root: &[u8],
+    mailbox: &[u8],
+    old: &Usage,
+    new: &Usage,
+) -> Result<bool, QuotaStoreError> {
+    let mut rl = store.lock_root(root, LOCK_TIMEOUT)?;
+    let Some(mut q) = rl.record.clone() else {
+        return Ok(false);
+    };
+    let apply = |v: u64, i: usize| -> u64 {
+        let (o, n) = (
+            old.get(i).copied().unwrap_or(0),
+            new.get(i).copied().unwrap_or(0),
+        );
+        if n >= o {
+            v.saturating_add(n - o)
+        } else {
+            v.saturating_sub(o - n)
+        }
+    };
+    for res in crate::format::quota::Resource::ALL {
+        let u = &mut q.get_mut(res).used;
+        *u = apply(*u, res.index());
+    }
+    if let Some(scan) = q.scan.as_mut() {
+        if mailbox <= scan.mbox.as_slice() {
+            for (i, u) in scan.used.iter_mut().enumerate() {
+                *u = apply(*u, i);
+            }
+        }
+    }
+    let local = match root.iter().position(|&b| b == b'!') {
+        Some(i) => root.get(i + 1..).unwrap_or_default(),
+        None => root,
+    };
+    if local.starts_with(b"user.") {
+        q.modseq = Some(q.modseq.unwrap_or(0).saturating_add(1));
+    }
+    rl.write(&q)?;
+    Ok(true)
 }
 
 /// Sets the UIDVALIDITY of the `N` and `I` records of the given mailboxes (by dbname), under
@@ -501,6 +840,8 @@ struct Env<'a> {
     nc: &'a NameConfig,
     opts: &'a Opts,
     quota_roots: &'a [Vec<u8>],
+    /// Where quota usage is written (`None`: a backend cyrkit cannot write).
+    quota_store: Option<&'a crate::spool::quota::QuotaStore>,
 }
 
 /// A parsed message file, remembered across re-plans by file identity.
@@ -513,7 +854,7 @@ struct Parsed {
 }
 
 impl Env<'_> {
-    fn mailbox(&self, m: &MboxRecord) -> MailboxReport {
+    fn mailbox(&self, m: &MboxRecord, origin: Origin) -> MailboxReport {
         let internal = String::from_utf8_lossy(&m.name.to_internal()).into_owned();
         let ext = m
             .name
@@ -528,9 +869,17 @@ impl Env<'_> {
             messages: 0,
             error: None,
             db_uidvalidity: None,
+            created: match origin {
+                Origin::Existing => None,
+                Origin::Imported => Some("imported"),
+                Origin::Fresh => Some("new"),
+            },
+            discovered: Vec::new(),
+            quota: None,
+            recount_root: None,
             tempfail: false,
         };
-        if let Err(e) = self.mailbox_inner(m, &mut report) {
+        if let Err(e) = self.mailbox_inner(m, origin, &mut report) {
             report.tempfail = e.chain().any(|c| {
                 matches!(
                     c.downcast_ref::<crate::spool::lock::LockError>(),
@@ -542,7 +891,12 @@ impl Env<'_> {
         report
     }
 
-    fn mailbox_inner(&self, m: &MboxRecord, report: &mut MailboxReport) -> anyhow::Result<()> {
+    fn mailbox_inner(
+        &self,
+        m: &MboxRecord,
+        origin: Origin,
+        report: &mut MailboxReport,
+    ) -> anyhow::Result<()> {
         let files = MailboxFiles::locate(self.layout, m)?;
         let mut cache: HashMap<ParseKey, Parsed> = HashMap::new();
         let opts = self.opts;
@@ -574,10 +928,21 @@ impl Env<'_> {
             now: now_secs(),
             quotaroot: crate::spool::quota::owning_root(self.quota_roots, &m.name.to_internal())
                 .map(<[u8]>::to_vec),
+            fresh: origin == Origin::Fresh,
+        };
+        // A new mailbox (-x) is built from the message files alone.
+        let read = |files: &MailboxFiles| -> std::io::Result<Snapshot> {
+            let mut s = Snapshot::read(files)?;
+            if origin == Origin::Fresh {
+                s.header = None;
+                s.index = None;
+                s.cache = None;
+            }
+            Ok(s)
         };
         if !self.opts.make_changes {
             let _locks = mailbox::lock(self.layout, m, &files, OpenMode::Read, LOCK_TIMEOUT)?;
-            let snap = Snapshot::read(&files)?;
+            let snap = read(&files)?;
             let plan = plan(&ctx, &snap, &mut parse)?;
             report.changes = plan.changes;
             report.modified = !plan.files.is_empty();
@@ -586,16 +951,38 @@ impl Env<'_> {
             return Ok(());
         }
         // Parse outside the exclusive lock, then lock, re-read, re-plan if anything moved.
-        let first = Snapshot::read(&files)?;
+        let first = read(&files)?;
         let first_plan = plan(&ctx, &first, &mut parse)?;
         let locks = mailbox::lock(self.layout, m, &files, OpenMode::Exclusive, LOCK_TIMEOUT)?;
-        let snap = Snapshot::read(&files)?;
+        let snap = read(&files)?;
         let p = if snap == first {
             first_plan
         } else {
             plan(&ctx, &snap, &mut parse)?
         };
         mailbox::commit(&files, &p.files)?;
+        // Quota, as `mailbox_commit` → `quota_update_useds` does, under the mailbox's lock:
+        // the change is added to the root at once, so deliveries meanwhile see the right
+        // usage. The root is recounted at the end of the run too (`quota -f` for it): that
+        // also covers a mailbox whose previous usage is unknown (lost or inconsistent
+        // index, adopted mailbox), drift that predates this run, and a run that crashed
+        // between the mailbox and its root.
+        if let Some(root) = &p.quotaroot {
+            if let (Origin::Existing, Some(old)) = (origin, p.old_usage) {
+                if old != p.new_usage {
+                    let store = self.quota_store.ok_or_else(|| {
+                        anyhow::anyhow!("quota_db is not a backend cyrkit writes")
+                    })?;
+                    let name = m.name.to_internal();
+                    if charge_root(store, root, &name, &old, &p.new_usage)
+                        .with_context(|| format!("quota root {}", String::from_utf8_lossy(root)))?
+                    {
+                        report.quota = Some("updated");
+                    }
+                }
+            }
+            report.recount_root = Some(root.clone());
+        }
         drop(locks);
         report.changes = p.changes;
         report.modified = !p.files.is_empty();
@@ -643,6 +1030,8 @@ struct PlanCtx<'a> {
     now: u64,
     /// The quota root Cyrus would give the mailbox (for a rebuilt cyrus.header).
     quotaroot: Option<Vec<u8>>,
+    /// A new mailbox (-x): its old metadata files are ignored.
+    fresh: bool,
 }
 
 /// What a reconstruct of one mailbox changes.
@@ -652,6 +1041,13 @@ struct Plan {
     files: Changes,
     messages: u64,
     db_uidvalidity: Option<u32>,
+    /// The quota root the new header names.
+    quotaroot: Option<Vec<u8>>,
+    /// What the mailbox charged its root before, when that is known: the old index header
+    /// passed its CRC and its counts agree with its own records.
+    old_usage: Option<Usage>,
+    /// What it charges now.
+    new_usage: Usage,
 }
 
 impl Plan {
@@ -773,7 +1169,9 @@ fn plan(
     let mut hdr = match &old_header {
         Some(h) => h.clone(),
         None => {
-            let why = if snap.header.is_some() {
+            let why = if ctx.fresh {
+                "not imported (-x)"
+            } else if snap.header.is_some() {
                 "unreadable"
             } else {
                 "missing"
@@ -844,7 +1242,14 @@ fn plan(
         p.say(
             "index-missing",
             None,
-            format!("{name}: cyrus.index missing, rebuilding it from the message files"),
+            format!(
+                "{name}: cyrus.index {}, rebuilding it from the message files",
+                if ctx.fresh {
+                    "not imported (-x)"
+                } else {
+                    "missing"
+                }
+            ),
         );
     } else if old.header.is_none() {
         p.say(
@@ -1321,6 +1726,16 @@ fn plan(
     } else {
         (nh, records)
     };
+    p.quotaroot = hdr.quotaroot.clone();
+    p.new_usage = mailbox_usage(&nh);
+    p.old_usage = old
+        .header
+        .as_ref()
+        .filter(|oh| {
+            let d = index::derive(old.records.iter(), from_version, &flag_names, None);
+            d.exists == oh.exists && d.quota_mailbox_used == oh.quota_mailbox_used
+        })
+        .map(mailbox_usage);
     let index_bytes = index::write_index(&nh, &records, version)?;
     if snap.index.as_deref() != Some(&index_bytes[..]) {
         p.files.index = Some(index_bytes);

@@ -120,21 +120,21 @@ pub struct Problem {
     pub message: String,
 }
 
-/// One mailbox as the spool describes it.
+/// One mailbox as the spool describes it (also what `reconstruct -f/-p` adopt).
 #[derive(Debug, Clone)]
-struct Found {
-    name: MboxName,
-    partition: String,
-    uniqueid: Option<Vec<u8>>,
-    mbtype: MbType,
-    acl: Option<Acl>,
-    uidvalidity: u32,
-    createdmodseq: u64,
-    highestmodseq: u64,
-    header_mtime: Option<u64>,
+pub(super) struct Found {
+    pub(super) name: MboxName,
+    pub(super) partition: String,
+    pub(super) uniqueid: Option<Vec<u8>>,
+    pub(super) mbtype: MbType,
+    pub(super) acl: Option<Acl>,
+    pub(super) uidvalidity: u32,
+    pub(super) createdmodseq: u64,
+    pub(super) highestmodseq: u64,
+    pub(super) header_mtime: Option<u64>,
     /// (seconds, nanoseconds) of cyrus.index: "newer index" decides duplicates.
     index_mtime: Option<(i64, i64)>,
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
 }
 
 impl Found {
@@ -430,7 +430,7 @@ fn read_index_header(path: &Path) -> Result<index::IndexHeader, String> {
     index::parse_header(&buf).map_err(|e| e.to_string())
 }
 
-fn read_dir(
+pub(super) fn read_dir(
     d: &FoundDir,
     nc: &NameConfig,
     config: &Config,
@@ -588,7 +588,7 @@ fn read_dir(
 
 /// The ACL Cyrus gives a new mailbox (`mboxlist_create_acl`): the owner gets all rights on
 /// a user's mailbox; a shared one gets `defaultacl`.
-fn default_acl(name: &MboxName, config: &Config) -> Acl {
+pub(super) fn default_acl(name: &MboxName, config: &Config) -> Acl {
     if let Some(owner) = name.userid() {
         return Acl {
             entries: vec![AclEntry {
@@ -707,7 +707,7 @@ fn now() -> u64 {
 
 /// A fresh unique id in the form Cyrus 3.6 without libuuid makes (`makeuuid`: 24
 /// characters of `[0-9a-z]`), from /dev/urandom (time and pid if that cannot be read).
-fn new_uniqueid(taken: &BTreeSet<Vec<u8>>) -> Vec<u8> {
+pub(super) fn new_uniqueid(taken: &BTreeSet<Vec<u8>>) -> Vec<u8> {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut seed = [0u8; 8];
     let _ = File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut seed));
@@ -1173,7 +1173,7 @@ pub fn diff_pairs(old: &[(Vec<u8>, Vec<u8>)], new: &[(Vec<u8>, Vec<u8>)], nc: &N
 // Writing
 
 /// The database file for `pairs` (sorted by the backend's order).
-fn encode(pairs: &Pairs, backend: Backend) -> anyhow::Result<Vec<u8>> {
+pub(super) fn encode(pairs: &Pairs, backend: Backend) -> anyhow::Result<Vec<u8>> {
     let bytes = match backend {
         Backend::Twoskip => twoskip::write_fresh(
             pairs,
