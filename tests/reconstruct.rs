@@ -117,75 +117,85 @@ impl Store {
         );
     }
 
-    /// Removes mailboxes' `N` and `I` records from the (twoskip) mailboxes.db, as if their
-    /// entries were lost; returns the removed pairs.
-    fn drop_db_entries(&self, internal: &[&str]) -> Vec<(Vec<u8>, Vec<u8>)> {
-        use cyrkit::format::mboxlist::{MboxEntry, MboxKey};
-        let path = self.path("conf/mailboxes.db");
-        let pairs = self.db_pairs();
-        let dbnames: Vec<Vec<u8>> = internal
-            .iter()
-            .map(|n| n.replace('.', "\x1f").into_bytes())
-            .collect();
-        let mut ids = Vec::new();
-        for (k, v) in &pairs {
-            if let Ok(MboxKey::Name(n)) = MboxKey::decode(k) {
-                if dbnames.contains(&n) {
-                    let e = MboxEntry::from_v36_dlist(&cyrkit::format::dlist::parse(v).unwrap())
-                        .unwrap();
-                    ids.push(e.uniqueid.unwrap());
-                }
-            }
-        }
-        assert_eq!(ids.len(), internal.len(), "entries to drop");
-        let (gone, kept): (Vec<_>, Vec<_>) =
-            pairs
-                .into_iter()
-                .partition(|(k, _)| match MboxKey::decode(k) {
-                    Ok(MboxKey::Name(n)) => dbnames.contains(&n),
-                    Ok(MboxKey::Id(id)) => ids.contains(&id),
-                    _ => false,
-                });
-        let out = match self.db_backend() {
-            Backend::Twoskip => {
-                cyrkit::format::twoskip::write_fresh(&kept, &Default::default()).unwrap()
-            }
-            b => cyrkit::format::skiplist::write_fresh(
-                &kept,
-                &cyrkit::format::skiplist::FreshOptions {
-                    order: b.default_order(),
-                    ..Default::default()
-                },
-            )
-            .unwrap(),
-        };
-        std::fs::write(&path, out).unwrap();
-        gone
-    }
-
-    fn db_backend(&self) -> Backend {
-        let bytes = std::fs::read(self.path("conf/mailboxes.db")).unwrap();
-        cyrkit::format::cyrusdb::detect(&bytes).unwrap()
+    /// Removes mailboxes' `N` and `I` records from mailboxes.db, as if their entries were
+    /// lost.
+    fn drop_db_entries(&self, internal: &[&str]) {
+        drop_db_entries_at(&self.path("conf/mailboxes.db"), internal);
     }
 
     fn db_pairs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let bytes = std::fs::read(self.path("conf/mailboxes.db")).unwrap();
-        cyrkit::spool::db::read_pairs(&bytes, self.db_backend()).unwrap()
+        db_pairs_at(&self.path("conf/mailboxes.db"))
     }
 
     /// The decoded `N` entry of a mailbox (internal name), if any.
     fn db_entry(&self, internal: &str) -> Option<cyrkit::format::mboxlist::MboxEntry> {
-        use cyrkit::format::mboxlist::{MboxEntry, MboxKey};
-        let want = internal.replace('.', "\x1f").into_bytes();
-        self.db_pairs()
-            .into_iter()
-            .find_map(|(k, v)| match MboxKey::decode(&k) {
-                Ok(MboxKey::Name(n)) if n == want => Some(
-                    MboxEntry::from_v36_dlist(&cyrkit::format::dlist::parse(&v).unwrap()).unwrap(),
-                ),
-                _ => None,
-            })
+        db_entry_at(&self.path("conf/mailboxes.db"), internal)
     }
+}
+
+/// The decoded `N` entry of a mailbox (internal name) in the database at `path`, if any.
+fn db_entry_at(path: &Path, internal: &str) -> Option<cyrkit::format::mboxlist::MboxEntry> {
+    use cyrkit::format::mboxlist::{MboxEntry, MboxKey};
+    let want = internal.replace('.', "\x1f").into_bytes();
+    db_pairs_at(path)
+        .into_iter()
+        .find_map(|(k, v)| match MboxKey::decode(&k) {
+            Ok(MboxKey::Name(n)) if n == want => {
+                Some(MboxEntry::from_v36_dlist(&cyrkit::format::dlist::parse(&v).unwrap()).unwrap())
+            }
+            _ => None,
+        })
+}
+
+fn db_backend_at(path: &Path) -> Backend {
+    cyrkit::format::cyrusdb::detect(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn db_pairs_at(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    cyrkit::spool::db::read_pairs(&std::fs::read(path).unwrap(), db_backend_at(path)).unwrap()
+}
+
+/// Removes mailboxes' `N` and `I` records from the database at `path` (keeping its owner).
+fn drop_db_entries_at(path: &Path, internal: &[&str]) {
+    use cyrkit::format::mboxlist::{MboxEntry, MboxKey};
+    let pairs = db_pairs_at(path);
+    let dbnames: Vec<Vec<u8>> = internal
+        .iter()
+        .map(|n| n.replace('.', "\x1f").into_bytes())
+        .collect();
+    let mut ids = Vec::new();
+    for (k, v) in &pairs {
+        if let Ok(MboxKey::Name(n)) = MboxKey::decode(k) {
+            if dbnames.contains(&n) {
+                let e =
+                    MboxEntry::from_v36_dlist(&cyrkit::format::dlist::parse(v).unwrap()).unwrap();
+                ids.push(e.uniqueid.unwrap());
+            }
+        }
+    }
+    assert_eq!(ids.len(), internal.len(), "entries to drop");
+    let kept: Vec<_> = pairs
+        .into_iter()
+        .filter(|(k, _)| match MboxKey::decode(k) {
+            Ok(MboxKey::Name(n)) => !dbnames.contains(&n),
+            Ok(MboxKey::Id(id)) => !ids.contains(&id),
+            _ => true,
+        })
+        .collect();
+    let out = match db_backend_at(path) {
+        Backend::Twoskip => {
+            cyrkit::format::twoskip::write_fresh(&kept, &Default::default()).unwrap()
+        }
+        b => cyrkit::format::skiplist::write_fresh(
+            &kept,
+            &cyrkit::format::skiplist::FreshOptions {
+                order: b.default_order(),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    };
+    std::fs::write(path, out).unwrap();
 }
 
 const ALICE: &str = "spool/a/user/alice";
@@ -722,6 +732,14 @@ fn usage_errors_exit_2() {
 // ---------------------------------------------------------------------------------------------
 // Mailboxes the database lacks: -f, -p, -x, -P
 
+/// A copy of `fixture` whose database lost the entry of `name`, and that entry.
+fn store_without(fixture: &str, name: &str) -> (Store, cyrkit::format::mboxlist::MboxEntry) {
+    let s = Store::new(fixture);
+    let old = s.db_entry(name).unwrap();
+    s.drop_db_entries(&[name]);
+    (s, old)
+}
+
 /// The entry fields an adopted mailbox must keep from the lost one.
 fn kept_fields(e: &cyrkit::format::mboxlist::MboxEntry) -> (Option<Vec<u8>>, u32, String, bool) {
     (
@@ -776,13 +794,33 @@ fn f_adopts_directories_the_database_lacks() {
     assert!(!again.stdout.contains("discovered"), "{}", again.stdout);
 }
 
+/// A legacy header without a unique id: the adopted mailbox gets a new one, in its entry
+/// and in its header.
+#[test]
+fn f_gives_a_header_without_unique_id_one() {
+    let (s, old) = store_without("legacy", "user.alice.Sent");
+    let path = s.path("spool/a/user/alice/Sent/cyrus.header");
+    let mut h = cyrkit::format::header::parse(&std::fs::read(&path).unwrap()).unwrap();
+    h.uniqueid = None;
+    std::fs::write(&path, h.write().unwrap()).unwrap();
+    let r = s.reconstruct(&["-f", "user.alice"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    r.assert_has(
+        "user.alice.Sent: cyrus.header has no unique id, setting it from the mailboxes database",
+    );
+    let e = s.db_entry("user.alice.Sent").unwrap();
+    assert!(e.uniqueid.is_some() && e.uniqueid != old.uniqueid);
+    let h = cyrkit::format::header::parse(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(h.uniqueid, e.uniqueid);
+    assert_eq!(e.uidvalidity, old.uidvalidity);
+    s.assert_mbcheck_clean("header without unique id");
+}
+
 #[test]
 fn f_with_x_makes_new_mailboxes_over_the_old_files() {
-    let s = Store::new("legacy");
+    let (s, old) = store_without("legacy", "user.alice.Sent");
     let dir = s.path("spool/a/user/alice/Sent");
     let (oh, orecs) = read_index(&dir);
-    let old = s.db_entry("user.alice.Sent").unwrap();
-    s.drop_db_entries(&["user.alice.Sent"]);
     let r = s.reconstruct(&["-x", "-f", "user.alice"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     r.assert_has("discovered user.alice.Sent");
@@ -807,9 +845,7 @@ fn f_with_x_makes_new_mailboxes_over_the_old_files() {
 
 #[test]
 fn p_creates_entries_on_the_partition() {
-    let s = Store::new("legacy");
-    let old = s.db_entry("user.alice.Sent").unwrap();
-    s.drop_db_entries(&["user.alice.Sent"]);
+    let (s, old) = store_without("legacy", "user.alice.Sent");
     // Usage errors first: an existing mailbox, an unknown partition, a pattern, -x alone.
     assert_eq!(s.reconstruct(&["-p", "default", "user.alice"]).code, 2);
     assert_eq!(s.reconstruct(&["-p", "nosuch", "user.alice.Sent"]).code, 2);
@@ -835,9 +871,7 @@ fn p_creates_entries_on_the_partition() {
 
 #[test]
 fn capital_p_recreates_entries_from_header_paths() {
-    let s = Store::new("legacy");
-    let old = s.db_entry("user.alice.Sent").unwrap();
-    s.drop_db_entries(&["user.alice.Sent"]);
+    let (s, old) = store_without("legacy", "user.alice.Sent");
     let path = s.path("spool/a/user/alice/Sent/cyrus.header");
     let p = path.display().to_string();
     let n = s.reconstruct(&["-n", "-P", &p]);
@@ -878,9 +912,7 @@ fn capital_p_recreates_entries_from_header_paths() {
 
 #[test]
 fn f_in_the_uuid_layout_finds_children_by_their_headers() {
-    let s = Store::new("uuid");
-    let old = s.db_entry("user.dave.Sent").unwrap();
-    s.drop_db_entries(&["user.dave.Sent"]);
+    let (s, old) = store_without("uuid", "user.dave.Sent");
     let r = s.reconstruct(&["-f", "user/dave"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     r.assert_has("discovered user.dave.Sent");
@@ -998,6 +1030,17 @@ fn crash_at_every_durable_step_loses_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Real Cyrus
 
+/// Cyrus's `quota -f -n` (report only) finds every root's usage right.
+fn assert_cyrus_quota_agrees(cy: &CyrusInstance) {
+    let out = cy.run_tool("quota", &["-f", "-n"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "quota -f -n: {err}");
+    assert!(
+        !err.contains("usage was") && !err.contains("quota root"),
+        "Cyrus's quota -f -n disagrees:\n{err}"
+    );
+}
+
 /// After cyrkit repaired several damages, Cyrus 3.6's own `reconstruct -n` finds nothing to
 /// change, and imapd serves every mailbox whose metadata survived exactly as before.
 #[test]
@@ -1038,6 +1081,7 @@ fn cyrus_agrees_after_repair() {
     let got = String::from_utf8_lossy(&out.stdout);
     let want = std::fs::read_to_string(src.join("expected/reconstruct-n.txt")).unwrap();
     assert_eq!(got, want, "Cyrus's reconstruct -n wants changes");
+    assert_cyrus_quota_agrees(&cy);
     cy.start_master().unwrap();
     let expected: Value =
         serde_json::from_slice(&std::fs::read(src.join("expected/imap.json")).unwrap()).unwrap();
@@ -1090,5 +1134,100 @@ fn cyrus_agrees_after_repair() {
     }
     eprintln!("cyrus_agrees_after_repair: {checked} mailboxes compared over IMAP");
     assert!(checked >= 10);
+    cy.stop().unwrap();
+}
+
+/// Entries lost from a live store's database come back with `-f` and `-P` exactly enough
+/// for Cyrus: `ctl_mboxlist -d` lists them with their old unique ids, Cyrus's own
+/// `reconstruct -n` finds nothing to change, and imapd serves the adopted mailboxes with
+/// their UIDVALIDITY and messages.
+#[test]
+fn cyrus_serves_mailboxes_adopted_with_f_and_capital_p() {
+    if !require_cyrus() {
+        return;
+    }
+    let src = fixture_src("legacy");
+    let mut cy = CyrusInstance::spool_copy_offline(&src).expect("copy fixture");
+    support::cyrus::relink_hardlinks(cy.root()).unwrap();
+    let db = cy.config_dir().join("mailboxes.db");
+    let sent = db_entry_at(&db, "user.alice.Sent").unwrap();
+    let archive = db_entry_at(&db, "user.bob.Archive").unwrap();
+    drop_db_entries_at(&db, &["user.alice.Sent", "user.bob.Archive"]);
+    let conf = cy.conf_path().display().to_string();
+    let r = cyrkit(
+        &[
+            "reconstruct",
+            "-C",
+            &conf,
+            "--no-progress",
+            "-f",
+            "user.alice",
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    r.assert_has("discovered user.alice.Sent");
+    let header = cy.spool_dir().join("b/user/bob/Archive/cyrus.header");
+    let r = cyrkit(
+        &[
+            "reconstruct",
+            "-C",
+            &conf,
+            "--no-progress",
+            "-P",
+            &header.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let id = |e: &cyrkit::format::mboxlist::MboxEntry| {
+        String::from_utf8(e.uniqueid.clone().unwrap()).unwrap()
+    };
+    r.assert_has(&format!(
+        "created mbentry for user.bob.Archive ({})",
+        id(&archive)
+    ));
+    support::cyrus::chown_cyrus(cy.root()).unwrap();
+    let dump = cy.run_tool("ctl_mboxlist", &["-d"]).unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    for (name, e) in [("user.alice.Sent", &sent), ("user.bob.Archive", &archive)] {
+        assert!(
+            dump.lines()
+                .any(|l| l.contains(&format!("\"{name}\"")) && l.contains(&id(e))),
+            "ctl_mboxlist -d lacks {name}:\n{dump}"
+        );
+    }
+    let out = cy.run_tool("reconstruct", &["-n"]).unwrap();
+    let got = String::from_utf8_lossy(&out.stdout);
+    let want = std::fs::read_to_string(src.join("expected/reconstruct-n.txt")).unwrap();
+    assert_eq!(got, want, "Cyrus's reconstruct -n wants changes");
+    assert_cyrus_quota_agrees(&cy);
+    cy.start_master().unwrap();
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(src.join("expected/imap.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for mb in expected["mailboxes"].as_array().unwrap() {
+        let name = mb["name"].as_str().unwrap();
+        if name != "user.alice.Sent" && name != "user.bob.Archive" {
+            continue;
+        }
+        let mut c = cy.imap_login(mb["login"].as_str().unwrap()).unwrap();
+        let st = c
+            .examine_status(mb["examined_as"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(Some(st.uidvalidity), mb["uidvalidity"].as_u64(), "{name}");
+        let got = c.fetch_summary().unwrap();
+        c.logout().unwrap();
+        let want = mb["messages"].as_array().unwrap();
+        assert_eq!(
+            got.iter().map(|g| (g.uid, g.size)).collect::<Vec<_>>(),
+            want.iter()
+                .map(|w| (w["uid"].as_u64().unwrap(), w["size"].as_u64().unwrap()))
+                .collect::<Vec<_>>(),
+            "{name}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 2);
     cy.stop().unwrap();
 }

@@ -1193,6 +1193,17 @@ fn plan(
             }
         }
     };
+    // A header without a unique id (written before 2.4, or by hand): the entry's.
+    if hdr.uniqueid.is_none() && entry.uniqueid.is_some() {
+        p.say(
+            "header-uniqueid",
+            None,
+            format!(
+                "{name}: cyrus.header has no unique id, setting it from the mailboxes database"
+            ),
+        );
+        hdr.uniqueid = entry.uniqueid.clone();
+    }
     if let (Some(h), Some(dacl)) = (&old_header, &entry.acl) {
         let hacl = h
             .acl

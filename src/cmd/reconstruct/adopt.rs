@@ -26,7 +26,7 @@ use crate::spool::config::Config;
 use crate::spool::lock::{self, LockMode};
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
 use crate::spool::names::{MboxName, NameConfig};
-use crate::spool::paths::{legacy_rel_path, uuid_rel_path, Layout, MailboxDir, MetaFile};
+use crate::spool::paths::{Layout, MailboxDir, MetaFile};
 use crate::spool::scan::{self, FoundDir};
 
 use super::super::reconstruct_m::{self, Found, Problem};
@@ -85,36 +85,32 @@ impl Known {
     }
 }
 
-fn found_dir_legacy(layout: &Layout, name: &MboxName, part: &str) -> Option<FoundDir> {
-    let dir = MailboxDir::Legacy(name);
+/// The place of a mailbox directory on `part`, with what it holds.
+fn found_dir(layout: &Layout, dir: MailboxDir<'_>, part: &str) -> Option<FoundDir> {
     let header_path = layout.meta_file(part, dir, MetaFile::Header, false).ok()?;
     let index_path = layout.meta_file(part, dir, MetaFile::Index, false).ok()?;
+    let (legacy_name, uuid) = match dir {
+        MailboxDir::Legacy(n) => (Some(n.clone()), None),
+        MailboxDir::Uuid(id) => (None, Some(id.to_string())),
+    };
     Some(FoundDir {
         partition: part.to_string(),
-        rel: legacy_rel_path(name, layout.hash),
+        rel: dir.rel_path(layout.hash).ok()?,
         has_header: header_path.is_file(),
         has_index: index_path.is_file(),
         header_path,
         index_path,
-        legacy_name: Some(name.clone()),
-        uuid: None,
+        legacy_name,
+        uuid,
     })
 }
 
+fn found_dir_legacy(layout: &Layout, name: &MboxName, part: &str) -> Option<FoundDir> {
+    found_dir(layout, MailboxDir::Legacy(name), part)
+}
+
 fn found_dir_uuid(layout: &Layout, id: &str, part: &str) -> Option<FoundDir> {
-    let dir = MailboxDir::Uuid(id);
-    let header_path = layout.meta_file(part, dir, MetaFile::Header, false).ok()?;
-    let index_path = layout.meta_file(part, dir, MetaFile::Index, false).ok()?;
-    Some(FoundDir {
-        partition: part.to_string(),
-        rel: uuid_rel_path(id).ok()?,
-        has_header: header_path.is_file(),
-        has_index: index_path.is_file(),
-        header_path,
-        index_path,
-        legacy_name: None,
-        uuid: Some(id.to_string()),
-    })
+    found_dir(layout, MailboxDir::Uuid(id), part)
 }
 
 /// Every uuid-layout mailbox directory of `part` (`uuid/<a>/<b>/<id>` under the header
