@@ -1030,6 +1030,19 @@ fn crash_at_every_durable_step_loses_nothing() {
 // ---------------------------------------------------------------------------------------------
 // Real Cyrus
 
+/// Cyrus's own `reconstruct -n` prints what it prints on the untouched fixture and its
+/// `quota -f -n` finds every root right; then imapd is started. Returns the fixture's
+/// expected IMAP view.
+fn cyrus_finds_nothing_then_start(cy: &mut CyrusInstance, src: &Path) -> Value {
+    let out = cy.run_tool("reconstruct", &["-n"]).unwrap();
+    let got = String::from_utf8_lossy(&out.stdout);
+    let want = std::fs::read_to_string(src.join("expected/reconstruct-n.txt")).unwrap();
+    assert_eq!(got, want, "Cyrus's reconstruct -n wants changes");
+    assert_cyrus_quota_agrees(cy);
+    cy.start_master().unwrap();
+    serde_json::from_slice(&std::fs::read(src.join("expected/imap.json")).unwrap()).unwrap()
+}
+
 /// Cyrus's `quota -f -n` (report only) finds every root's usage right.
 fn assert_cyrus_quota_agrees(cy: &CyrusInstance) {
     let out = cy.run_tool("quota", &["-f", "-n"]).unwrap();
@@ -1077,14 +1090,7 @@ fn cyrus_agrees_after_repair() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let new_uv = read_index(&lists).0.uidvalidity;
     support::cyrus::chown_cyrus(cy.root()).unwrap();
-    let out = cy.run_tool("reconstruct", &["-n"]).unwrap();
-    let got = String::from_utf8_lossy(&out.stdout);
-    let want = std::fs::read_to_string(src.join("expected/reconstruct-n.txt")).unwrap();
-    assert_eq!(got, want, "Cyrus's reconstruct -n wants changes");
-    assert_cyrus_quota_agrees(&cy);
-    cy.start_master().unwrap();
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(src.join("expected/imap.json")).unwrap()).unwrap();
+    let expected = cyrus_finds_nothing_then_start(&mut cy, &src);
     let mut checked = 0;
     for mb in expected["mailboxes"].as_array().unwrap() {
         let name = mb["name"].as_str().unwrap();
@@ -1197,14 +1203,7 @@ fn cyrus_serves_mailboxes_adopted_with_f_and_capital_p() {
             "ctl_mboxlist -d lacks {name}:\n{dump}"
         );
     }
-    let out = cy.run_tool("reconstruct", &["-n"]).unwrap();
-    let got = String::from_utf8_lossy(&out.stdout);
-    let want = std::fs::read_to_string(src.join("expected/reconstruct-n.txt")).unwrap();
-    assert_eq!(got, want, "Cyrus's reconstruct -n wants changes");
-    assert_cyrus_quota_agrees(&cy);
-    cy.start_master().unwrap();
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(src.join("expected/imap.json")).unwrap()).unwrap();
+    let expected = cyrus_finds_nothing_then_start(&mut cy, &src);
     let mut checked = 0;
     for mb in expected["mailboxes"].as_array().unwrap() {
         let name = mb["name"].as_str().unwrap();
