@@ -24,9 +24,31 @@ impl Rng {
 }
 
 const WORDS: &[&str] = &[
-    "meeting", "report", "quarterly", "budget", "the", "and", "server", "mail", "review",
-    "please", "attached", "draft", "schedule", "update", "project", "customer", "invoice",
-    "thanks", "regards", "tomorrow", "deadline", "release", "notes", "migration", "backup",
+    "meeting",
+    "report",
+    "quarterly",
+    "budget",
+    "the",
+    "and",
+    "server",
+    "mail",
+    "review",
+    "please",
+    "attached",
+    "draft",
+    "schedule",
+    "update",
+    "project",
+    "customer",
+    "invoice",
+    "thanks",
+    "regards",
+    "tomorrow",
+    "deadline",
+    "release",
+    "notes",
+    "migration",
+    "backup",
 ];
 const NAMES: &[&str] = &[
     "Alice Example",
@@ -134,7 +156,10 @@ fn message(rng: &mut Rng, i: u64) -> String {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().ok_or("usage: bench_reconstruct MAILBOXDIR N")?);
-    let n: u64 = args.next().ok_or("usage: bench_reconstruct MAILBOXDIR N")?.parse()?;
+    let n: u64 = args
+        .next()
+        .ok_or("usage: bench_reconstruct MAILBOXDIR N")?
+        .parse()?;
     std::fs::create_dir_all(&dir)?;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut total = 0u64;
