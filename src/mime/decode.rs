@@ -106,70 +106,84 @@ fn qp_flush_line(line: &mut Vec<u8>, mut endline: bool, out: &mut Vec<u8>) {
     line.clear();
 }
 
-/// What `index_64` says about a byte.
-enum B64 {
-    Value(u8),
-    Pad,
-    Skip,
-}
-
-fn b64_class(c: u8) -> B64 {
-    match c {
-        b'A'..=b'Z' => B64::Value(c - b'A'),
-        b'a'..=b'z' => B64::Value(c - b'a' + 26),
-        b'0'..=b'9' => B64::Value(c - b'0' + 52),
-        b'+' => B64::Value(62),
-        b'/' => B64::Value(63),
-        b'=' => B64::Pad,
-        // whitespace (XS) and invalid characters (XX) are both skipped
-        _ => B64::Skip,
+/// `index_64` as a table: the 6-bit value of a base64 character, [`B64_PAD`] for `=`,
+/// [`B64_SKIP`] for whitespace (XS) and invalid characters (XX), which are both skipped.
+/// A table rather than a `match` per byte: decoding attachments is a hot path of reconstruct.
+const B64_TABLE: [u8; 256] = {
+    let mut t = [B64_SKIP; 256];
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => B64_PAD,
+            _ => B64_SKIP,
+        };
+        c += 1;
     }
-}
+    t
+};
+const B64_PAD: u8 = 64;
+const B64_SKIP: u8 = 0xff;
+/// Decoded bytes handed to the sink at a time.
+const B64_CHUNK: usize = 4096;
 
 /// Decode base64 `src` into `sink`, as `b64_2byte` does: whitespace and invalid characters
 /// are skipped, `=` resets the 4-character group, an incomplete trailing group is dropped.
 pub fn base64_decode(src: &[u8], sink: &mut dyn FnMut(&[u8])) {
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    let mut out = [0u8; B64_CHUNK];
+    let mut n = 0usize;
     let mut code: u32 = 0;
     let mut left: u8 = 0;
     for &c in src {
-        let b = match b64_class(c) {
-            B64::Skip => continue,
-            B64::Pad => {
-                code = 0;
-                left = 0;
-                continue;
-            }
-            B64::Value(v) => u32::from(v),
-        };
-        match left {
+        let v = B64_TABLE[usize::from(c)];
+        if v == B64_SKIP {
+            continue;
+        }
+        if v == B64_PAD {
+            code = 0;
+            left = 0;
+            continue;
+        }
+        let b = u32::from(v);
+        let byte = match left {
             0 => {
                 code = b;
                 left = 3;
+                continue;
             }
             3 => {
-                out.push((((code << 2) | (b >> 4)) & 0xff) as u8);
-                code = b;
+                let o = (code << 2) | (b >> 4);
                 left = 2;
+                o
             }
             2 => {
-                out.push((((code << 4) | (b >> 2)) & 0xff) as u8);
-                code = b;
+                let o = (code << 4) | (b >> 2);
                 left = 1;
+                o
             }
             _ => {
-                out.push((((code << 6) | b) & 0xff) as u8);
-                code = 0;
+                let o = (code << 6) | b;
                 left = 0;
+                o
             }
+        };
+        code = b;
+        if let Some(slot) = out.get_mut(n) {
+            *slot = (byte & 0xff) as u8;
+            n += 1;
         }
-        if out.len() >= 4096 {
+        if n == B64_CHUNK {
             sink(&out);
-            out.clear();
+            n = 0;
         }
     }
-    if !out.is_empty() {
-        sink(&out);
+    if n > 0 {
+        sink(&out[..n]);
     }
 }
 
