@@ -1,12 +1,14 @@
 //! `cyrkit quota` end to end against the real Cyrus 3.6 `quota`: the same damage applied to two
 //! copies of a real-Cyrus fixture, Cyrus's `quota -f` on one and `cyrkit quota -f` on the
 //! other, then Cyrus's `quota -J` must print the same on both and the fix messages must match;
-//! a second `-f` changes nothing; `-n` writes nothing; and deliveries through Cyrus's lmtpd
-//! while `cyrkit quota -f` runs all succeed and leave exact usage.
+//! a second `-f` changes nothing; `-n` writes nothing; Cyrus started on each repaired copy
+//! answers GETQUOTAROOT the same for every mailbox (as admin and as owner); `-d` and `-u`
+//! select and print as Cyrus's `quota` does; and deliveries through Cyrus's lmtpd while
+//! `cyrkit quota -f` runs all succeed and leave exact usage.
 
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use cyrkit::format::quota::{self, Resource};
 use cyrkit::format::{header, index, twoskip};
 use serde_json::Value;
 use support::cyrus::{
-    chown_cyrus, copy_tree, crlf, require_cyrus, run_cyrus_tool, CyrusInstance, CyrusOptions,
+    chown_cyrus, copy_tree, crlf, quote, require_cyrus, run_cyrus_tool, CyrusInstance, CyrusOptions,
 };
 
 struct Run {
@@ -409,4 +411,226 @@ fn deliveries_during_quota_f_all_succeed_and_usage_stays_exact() {
     let cyrus_report = cy.run_tool("quota", &[]).unwrap();
     let ours = cyrkit(&conf, &[]);
     assert_eq!(ours.stdout, String::from_utf8_lossy(&cyrus_report.stdout));
+}
+
+/// Two copies of `fixture` with the same damage; Cyrus's `quota -f` fixed the first, ours
+/// (with `--remove-unused`, which Cyrus always does) the second.
+fn fixed_by_each(fixture: &str, damage: fn(&Store)) -> (Store, Store) {
+    let theirs = Store::new(fixture);
+    let ours = Store::new(fixture);
+    damage(&theirs);
+    damage(&ours);
+    let (ok, _, err) = theirs.cyrus("quota", &["-f", "-q"]);
+    assert!(ok, "cyrus quota -f: {err}");
+    let r = cyrkit(&ours.conf(), &["-f", "-q", "--remove-unused"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    (theirs, ours)
+}
+
+/// The user id owning an admin-namespace mailbox name (`user.bob.Sub`, `user/alice@dom`).
+fn owner_of(name: &str) -> Option<String> {
+    let rest = name.strip_prefix("user.").or(name.strip_prefix("user/"))?;
+    let (local_and_boxes, domain) = match rest.rsplit_once('@') {
+        Some((l, d)) => (l, Some(d)),
+        None => (rest, None),
+    };
+    let sep = if name.starts_with("user.") { '.' } else { '/' };
+    let local = local_and_boxes.split(sep).next()?;
+    Some(match domain {
+        Some(d) => format!("{local}@{d}"),
+        None => local.to_string(),
+    })
+}
+
+/// Starts Cyrus on a copy of `store` and asks GETQUOTAROOT for every mailbox: as the admin
+/// for every mailbox its LIST shows, and as each owner for every mailbox the owner's LIST
+/// shows. Returns the untagged answers keyed by "who mailbox".
+fn getquotaroot_answers(store: &Store) -> BTreeMap<String, Vec<String>> {
+    let cy = CyrusInstance::from_spool_copy(&store.root).expect("start Cyrus on the copy");
+    let mut out = BTreeMap::new();
+    let mut ask = |who: &str, client: &mut support::cyrus::ImapClient| {
+        let names = client.list("", "*").unwrap();
+        assert!(!names.is_empty(), "{who} sees no mailbox");
+        for n in names {
+            // Not `getquotaroot`: a NO (a pointer to a missing root) is an answer too.
+            let r = client
+                .command(&format!("GETQUOTAROOT {}", quote(&n)))
+                .unwrap();
+            let mut lines: Vec<String> = r
+                .untagged
+                .iter()
+                .map(|l| String::from_utf8_lossy(l).into_owned())
+                .collect();
+            if !r.is_ok() {
+                lines.push(format!("{} {}", r.status, r.text));
+            }
+            out.insert(format!("{who} {n}"), lines);
+        }
+    };
+    let mut admin = cy.imap_admin().unwrap();
+    let names = admin.list("", "*").unwrap();
+    ask("cyrus", &mut admin);
+    admin.logout().unwrap();
+    let owners: BTreeSet<String> = names.iter().filter_map(|n| owner_of(n)).collect();
+    assert!(!owners.is_empty(), "no user mailboxes in {names:?}");
+    for user in owners {
+        let mut c = cy.imap_login(&user).unwrap();
+        ask(&user, &mut c);
+        c.logout().unwrap();
+    }
+    out
+}
+
+/// The GETQUOTAROOT answer for `key` must name `root` with exactly these usage numbers.
+fn assert_quota_line(answers: &BTreeMap<String, Vec<String>>, key: &str, want: &str) {
+    let lines = answers
+        .get(key)
+        .unwrap_or_else(|| panic!("no GETQUOTAROOT answer for {key}: {answers:#?}"));
+    assert!(
+        lines.iter().any(|l| l == want),
+        "{key}: want {want:?} in {lines:?}"
+    );
+}
+
+/// Damages `fixture` twice, fixes one copy with Cyrus's `quota -f` and one with ours, and
+/// asserts that Cyrus answers GETQUOTAROOT identically on both, and differently on an
+/// unrepaired copy (so the comparison has teeth). Returns the answers.
+fn getquotaroot_same_after_either_fix(
+    fixture: &str,
+    damage: fn(&Store),
+) -> BTreeMap<String, Vec<String>> {
+    let (theirs, ours) = fixed_by_each(fixture, damage);
+    let cyrus = getquotaroot_answers(&theirs);
+    let mine = getquotaroot_answers(&ours);
+    assert_eq!(
+        mine, cyrus,
+        "{fixture}: GETQUOTAROOT after cyrkit (left) and Cyrus (right) -f"
+    );
+    let damaged = Store::new(fixture);
+    damage(&damaged);
+    assert_ne!(
+        getquotaroot_answers(&damaged),
+        cyrus,
+        "{fixture} unrepaired"
+    );
+    mine
+}
+
+#[test]
+fn legacy_getquotaroot_same_after_either_fix() {
+    if !require_cyrus() {
+        return;
+    }
+    let mine = getquotaroot_same_after_either_fix("legacy", damage_legacy);
+    // The answers carry the repaired numbers (bob's damaged MESSAGE usage was 500) and the
+    // repaired pointer (carol's Lists had been pointed at user.bob; an owner sees their own
+    // root as INBOX).
+    assert_quota_line(
+        &mine,
+        "cyrus user.bob",
+        "* QUOTA user.bob (STORAGE 6 5000 MESSAGE 13 100)",
+    );
+    assert_quota_line(&mine, "bob INBOX", "* QUOTAROOT INBOX INBOX");
+    assert_quota_line(&mine, "carol INBOX.Lists", "* QUOTAROOT INBOX.Lists INBOX");
+}
+
+#[test]
+fn uuid_getquotaroot_same_after_either_fix() {
+    if !require_cyrus() {
+        return;
+    }
+    let mine = getquotaroot_same_after_either_fix("uuid", damage_uuid);
+    let owners: BTreeSet<&str> = mine.keys().filter_map(|k| k.split(' ').next()).collect();
+    assert!(
+        owners.contains("alice@example.com") && owners.contains("dave"),
+        "users in a virtual domain and in the default domain asked: {owners:?}"
+    );
+    assert!(
+        mine.values().flatten().any(|l| l.starts_with("* QUOTA ")),
+        "{mine:#?}"
+    );
+}
+
+/// `quota -d DOMAIN`, `quota -u USER...` and prefixes: our report is Cyrus's, byte for byte,
+/// on the same spool, and selects the roots listed.
+#[test]
+fn domain_and_user_selection_report_as_cyrus() {
+    if !require_cyrus() {
+        return;
+    }
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        ("uuid", &["-d", "example.com"], &["user/alice@example.com"]),
+        ("uuid", &["-d", "example.org"], &["user/carol@example.org"]),
+        // The default domain's users are stored without a domain.
+        ("uuid", &["-d", "example.net"], &[]),
+        (
+            "uuid",
+            &["-u", "alice@example.com"],
+            &["user/alice@example.com"],
+        ),
+        ("uuid", &["-u", "john.doe"], &["user/john.doe"]),
+        (
+            "uuid",
+            &["-u", "carol@example.org", "dave"],
+            &["user/carol@example.org", "user/dave"],
+        ),
+        // -d prefixes the domain to prefixes, not to user ids.
+        (
+            "uuid",
+            &["-d", "example.com", "user/al"],
+            &["user/alice@example.com"],
+        ),
+        ("uuid", &["-d", "example.com", "-u", "alice"], &[]),
+        ("uuid", &["-u", "nobody"], &[]),
+        (
+            "legacy",
+            &["-u", "alice"],
+            &["user.alice", "user.alice.Sub"],
+        ),
+        (
+            "legacy",
+            &["-u", "bob", "carol"],
+            &["user.bob", "user.carol"],
+        ),
+        // -u takes whole user ids.
+        ("legacy", &["-u", "al"], &[]),
+        ("legacy", &["-u", "alice.Sub"], &[]),
+        ("legacy", &["user.al"], &["user.alice", "user.alice.Sub"]),
+        ("legacy", &["-d", "example.com"], &[]),
+    ];
+    let stores: BTreeMap<&str, Store> = [
+        ("uuid", Store::new("uuid")),
+        ("legacy", Store::new("legacy")),
+    ]
+    .into_iter()
+    .collect();
+    for (fixture, args, roots) in cases {
+        let s = &stores[fixture];
+        let (ok, cyrus_out, cyrus_err) = s.cyrus("quota", args);
+        assert!(ok, "cyrus quota {args:?}: {cyrus_err}");
+        let r = cyrkit(&s.conf(), args);
+        assert_eq!(r.code, 0, "{fixture} {args:?}: {}", r.stderr);
+        assert_eq!(r.stdout, cyrus_out, "{fixture} quota {args:?}");
+        let got: BTreeSet<&str> = r
+            .stdout
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().last())
+            .collect();
+        let want: BTreeSet<&str> = roots.iter().copied().collect();
+        assert_eq!(got, want, "{fixture} quota {args:?} selects");
+        // -J agrees too.
+        let mut jargs = vec!["-J"];
+        jargs.extend_from_slice(args);
+        let (ok, cyrus_json, err) = s.cyrus("quota", &jargs);
+        assert!(ok, "{err}");
+        let mine: Value = serde_json::from_str(&cyrkit(&s.conf(), &jargs).stdout).unwrap();
+        let cyrus: Value = serde_json::from_str(&cyrus_json).unwrap();
+        let keys = |v: &Value| -> Vec<String> {
+            v.as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(keys(&mine), keys(&cyrus), "{fixture} quota -J {args:?}");
+    }
 }
