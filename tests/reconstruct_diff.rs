@@ -617,8 +617,14 @@ fn compare(damage: Damage, u: &str, o: &Dump, a: &Dump, b: &Dump) -> Option<Stri
             extra.retain(|u| !o.msgs.contains_key(u));
             assert_eq!(extra, vec![EXPUNGED_UID], "{what}: resurrected");
             assert_eq!(b.uidnext, o.uidnext, "{what}: UIDNEXT");
-            // No surviving record holds the old HIGHESTMODSEQ: cyrkit's comes from the
-            // database entry (foldermodseq) and may be lower while UIDVALIDITY is kept.
+            // No surviving record holds the old HIGHESTMODSEQ: with UIDVALIDITY kept, cyrkit
+            // must not report a lower one than a client may have seen (RFC 7162).
+            assert!(
+                b.highestmodseq > o.highestmodseq,
+                "{what}: HIGHESTMODSEQ went back from {} to {}",
+                o.highestmodseq,
+                b.highestmodseq
+            );
             Some(format!(
                 "{what}: Cyrus UIDVALIDITY {} (original {}), cyrkit kept it; HIGHESTMODSEQ \
                  original {}, Cyrus {}, cyrkit {}",

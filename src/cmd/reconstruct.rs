@@ -1799,7 +1799,7 @@ fn fresh_header(
             .max(plausible_modseq)
             .max(entry.foldermodseq)
             .max(entry.createdmodseq)
-            .max(1),
+            .max(unknown_modseq_floor(plausible_modseq, ctx.now)),
         options: raw.map_or(index::OPT_POP3_NEW_UIDL, |h| {
             h.options
                 & (index::OPT_POP3_NEW_UIDL
@@ -1814,6 +1814,20 @@ fn fresh_header(
         recentuid: max_rec_uid,
         changes_epoch: ctx.now,
         ..IndexHeader::default()
+    }
+}
+
+/// When no trustworthy old HIGHESTMODSEQ survives (index lost, header implausible), the
+/// mailbox keeps its UIDVALIDITY, so its HIGHESTMODSEQ must not drop below any value a
+/// CONDSTORE/QRESYNC client may have seen (RFC 7162 §3.1.2.2). Per-mailbox modseqs count
+/// changes, so the current time in microseconds is above any of them in practice, grows with
+/// every later reconstruct, and stays far below 2^63 (and 2^53, for clients that keep it in
+/// a double). Clients only see "everything may have changed" and refetch flags.
+fn unknown_modseq_floor(plausible_old: u64, now_secs: u64) -> u64 {
+    if plausible_old != 0 {
+        1
+    } else {
+        now_secs.saturating_mul(1_000_000).max(1)
     }
 }
 
