@@ -8,6 +8,12 @@ use clap::Parser;
 use cyrkit::cmd::{self, Cli};
 
 fn main() -> ExitCode {
+    // Like Cyrus's tools (and every C filter), end quietly when the reader of our output goes
+    // away (`cyrkit mbcheck | head`) instead of panicking on a failed print.
+    // SAFETY: restoring the default disposition of a signal at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = cmd::multicall_args(std::env::args_os().collect());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod admin;
 pub mod mbcheck;
 pub mod quota;
 pub mod reconstruct;
@@ -87,10 +88,14 @@ pub enum Command {
     Quota(quota::QuotaArgs),
     /// Rebuild mailboxes' cyrus.index, cyrus.cache and cyrus.header from the message files and what survives; with -m, the mailboxes database from the spool
     Reconstruct(reconstruct::ReconstructArgs),
+    /// Create links named reconstruct, quota and mbcheck to this binary in DIR (drop-in use)
+    InstallLinks(admin::InstallLinksArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...)
+    Completions(admin::CompletionsArgs),
 }
 
 /// Names under which the binary behaves as one subcommand (multi-call, like Cyrus's tools).
-const MULTICALL: &[&str] = &["mbcheck", "quota", "reconstruct"];
+pub const MULTICALL: &[&str] = &["mbcheck", "quota", "reconstruct"];
 
 /// When invoked through a link named after a subcommand, insert that subcommand.
 pub fn multicall_args(mut args: Vec<OsString>) -> Vec<OsString> {
@@ -113,6 +118,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Mbcheck(args) => mbcheck::run(&cli.common, &args),
         Command::Quota(args) => quota::run(&cli.common, &args),
         Command::Reconstruct(args) => reconstruct::run(&cli.common, &args),
+        Command::InstallLinks(args) => admin::install_links(&cli.common, &args),
+        Command::Completions(args) => admin::completions(&args),
     }
 }
 
