@@ -2,7 +2,7 @@
 //! with `CYRKIT_BLESS=1`), man pages that cover every flag and render cleanly, shell
 //! completions, and drop-in use through the links named after Cyrus's tools.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use clap::CommandFactory;
