@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -28,9 +29,8 @@ use crate::format::cache::{self, CACHE_HEADER_SIZE, CACHE_VERSION_36, NUM_CACHE_
 use crate::format::crc::crc32;
 use crate::format::header::{self, HeaderFormat, MailboxHeader};
 use crate::format::index::{self, IndexHeader, IndexRecord};
-use crate::mime::ParsedMessage;
 use crate::spool::config::Config;
-use crate::spool::mailbox::{self, Changes, MailboxFiles, MessageFile, Snapshot};
+use crate::spool::mailbox::{self, Changes, MailboxFiles, MessageFile, NewCache, Snapshot, Spill};
 use crate::spool::mailbox_lock::OpenMode;
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
 use crate::spool::names::{MboxName, NameConfig};
@@ -847,10 +847,98 @@ struct Env<'a> {
 /// A parsed message file, remembered across re-plans by file identity.
 type ParseKey = (u64, u64, u64, i64);
 
-#[derive(Debug, Clone)]
+/// What a plan needs of a parsed message file: the record's fields, and where its cache
+/// entry waits in the mailbox's [`Spill`] (entries are not kept in memory).
+#[derive(Debug, Clone, Copy)]
 struct Parsed {
-    msg: ParsedMessage,
-    entry: Vec<u8>,
+    guid: [u8; 20],
+    size: u64,
+    header_size: u32,
+    sentdate: u64,
+    gmtime: u64,
+    entry_off: u64,
+    entry_len: u64,
+    entry_crc: u32,
+}
+
+/// Parses message files for one mailbox's plans: the files a plan will need are parsed in
+/// parallel up front ([`Parser::prefetch`], on the current rayon pool, so `-j` bounds all
+/// threads), and every result is remembered by file identity for a re-plan under the lock.
+struct Parser<'a> {
+    opts: &'a crate::mime::ParseOptions,
+    spill: Arc<Spill>,
+    done: HashMap<ParseKey, Parsed>,
+    buf: Vec<u8>,
+}
+
+fn parse_key(f: &MessageFile) -> ParseKey {
+    (f.dev, f.ino, f.size, f.mtime)
+}
+
+impl Parser<'_> {
+    /// Reads (one read into `buf`, reused), parses and hashes one file, and spills its cache
+    /// entry.
+    fn parse_file(
+        opts: &crate::mime::ParseOptions,
+        spill: &Spill,
+        f: &MessageFile,
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<Parsed> {
+        use std::io::Read;
+        let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+        buf.clear();
+        let mut file = std::fs::File::open(&f.path)?;
+        buf.reserve(usize::try_from(f.size).unwrap_or(0).saturating_add(1));
+        file.read_to_end(buf)?;
+        let msg = crate::mime::message::parse_message(buf, opts)
+            .map_err(|e| invalid(format!("failed to parse: {e}")))?;
+        let items: [&[u8]; NUM_CACHE_FIELDS] = std::array::from_fn(|i| msg.items[i].as_slice());
+        let entry = cache::write_entry(&items).map_err(|e| invalid(e.to_string()))?;
+        let entry_off = spill.append(&entry)?;
+        Ok(Parsed {
+            guid: msg.guid,
+            size: msg.size,
+            header_size: msg.header_size,
+            sentdate: msg.sentdate,
+            gmtime: msg.gmtime,
+            entry_off,
+            entry_len: entry.len() as u64,
+            entry_crc: crc32(&entry),
+        })
+    }
+
+    /// Parses `files` in parallel (those not parsed already). Failures are not kept: the
+    /// plan meets them again through [`Parser::parse`], which reports them.
+    fn prefetch(&mut self, files: &[&MessageFile]) {
+        use rayon::prelude::*;
+        let todo: Vec<&MessageFile> = files
+            .iter()
+            .copied()
+            .filter(|f| !self.done.contains_key(&parse_key(f)))
+            .collect();
+        let (opts, spill) = (self.opts, &*self.spill);
+        let parsed: Vec<Option<Parsed>> = todo
+            .par_iter()
+            .map_init(Vec::new, |buf, f| {
+                Self::parse_file(opts, spill, f, buf).ok()
+            })
+            .collect();
+        for (f, p) in todo.iter().zip(parsed) {
+            if let Some(p) = p {
+                self.done.insert(parse_key(f), p);
+            }
+        }
+    }
+
+    fn parse(&mut self, f: &MessageFile) -> std::io::Result<Parsed> {
+        let key = parse_key(f);
+        if let Some(p) = self.done.get(&key) {
+            return Ok(*p);
+        }
+        let p = Self::parse_file(self.opts, &self.spill, f, &mut self.buf)?;
+        self.done.insert(key, p);
+        Ok(p)
+    }
 }
 
 impl Env<'_> {
@@ -898,26 +986,17 @@ impl Env<'_> {
         report: &mut MailboxReport,
     ) -> anyhow::Result<()> {
         let files = MailboxFiles::locate(self.layout, m)?;
-        let mut cache: HashMap<ParseKey, Parsed> = HashMap::new();
-        let opts = self.opts;
-        let mut parse = |f: &MessageFile| -> std::io::Result<Parsed> {
-            let key = (f.dev, f.ino, f.size, f.mtime);
-            if let Some(p) = cache.get(&key) {
-                return Ok(p.clone());
-            }
-            let data = std::fs::read(&f.path)?;
-            let msg = crate::mime::message::parse_message(&data, &opts.parse).map_err(|e| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("failed to parse: {e}"),
-                )
-            })?;
-            let items: [&[u8]; NUM_CACHE_FIELDS] = std::array::from_fn(|i| msg.items[i].as_slice());
-            let entry = cache::write_entry(&items)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
-            let p = Parsed { msg, entry };
-            cache.insert(key, p.clone());
-            Ok(p)
+        // A dry run only needs the entries' sizes and CRCs.
+        let spill = if self.opts.make_changes {
+            Spill::near(files.cache.parent().unwrap_or(&files.data_dir))
+        } else {
+            Spill::discard()
+        };
+        let mut parse = Parser {
+            opts: &self.opts.parse,
+            spill: Arc::new(spill),
+            done: HashMap::new(),
+            buf: Vec::new(),
         };
         let ctx = PlanCtx {
             name: &report.internal,
@@ -1003,16 +1082,15 @@ fn local_midnight(t: u64) -> u64 {
     let Ok(tt) = libc::time_t::try_from(t) else {
         return t;
     };
-    // SAFETY: localtime_r and mktime only read and write the structs passed in.
+    // SAFETY: localtime_r only reads and writes the structs passed in.
     unsafe {
         let mut tm: libc::tm = std::mem::zeroed();
         if libc::localtime_r(&tt, &mut tm).is_null() {
             return t;
         }
-        tm.tm_sec = 0;
-        tm.tm_min = 0;
-        tm.tm_hour = 0;
-        let m = libc::mktime(&mut tm);
+        // The day's midnight, with the DST flag of `t` itself, as Cyrus passes it to mktime.
+        let m =
+            crate::mime::date::local_midnight_of(tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_isdst);
         u64::try_from(m).unwrap_or(0)
     }
 }
@@ -1154,11 +1232,7 @@ fn is_atom(name: &[u8]) -> bool {
             .all(|&c| c > 0x20 && c < 0x7f && !b"(){%*\"\\]".contains(&c))
 }
 
-fn plan(
-    ctx: &PlanCtx<'_>,
-    snap: &Snapshot,
-    parse: &mut dyn FnMut(&MessageFile) -> std::io::Result<Parsed>,
-) -> anyhow::Result<Plan> {
+fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::Result<Plan> {
     let mut p = Plan::default();
     let name = ctx.name;
     let opts = ctx.opts;
@@ -1374,16 +1448,40 @@ fn plan(
     let files = &snap.listing.messages;
     let mut matched: BTreeSet<u32> = BTreeSet::new();
     let mut discovered: Vec<u32> = Vec::new();
-    let mut new_cache: Vec<u8> = match old_cache {
-        Some(c) => c.to_vec(),
-        None => ih.generation_no.to_be_bytes().to_vec(),
-    };
+    let mut new_cache = NewCache::new(
+        match old_cache {
+            Some(c) => c.to_vec(),
+            None => ih.generation_no.to_be_bytes().to_vec(),
+        },
+        parse.spill.clone(),
+    );
     let old_cache_len = new_cache.len();
+
+    // Which records' files the loop below re-parses; those and every file without a record
+    // are parsed now, in parallel.
+    let reparse_of: Vec<bool> = old
+        .records
+        .iter()
+        .map(|r| needs_reparse(opts, r, files.get(&r.uid), old_cache))
+        .collect();
+    let wanted: Vec<&MessageFile> = files
+        .values()
+        .filter(
+            |f| match old.records.binary_search_by_key(&f.uid, |r| r.uid) {
+                Ok(i) => {
+                    (!opts.do_stat || f.size > 0) && reparse_of.get(i).copied().unwrap_or(true)
+                }
+                Err(_) => f.size > 0,
+            },
+        )
+        .collect();
+    parse.prefetch(&wanted);
+    drop(wanted);
     let mut records: Vec<IndexRecord> = Vec::with_capacity(old.records.len() + files.len());
     // Records that change get one new modseq, as one Cyrus session would give them.
     let mut changed: Vec<usize> = Vec::new();
 
-    for rec in &old.records {
+    for (i, rec) in old.records.iter().enumerate() {
         let uid = rec.uid;
         let file = files.get(&uid);
         if file.is_some() {
@@ -1409,20 +1507,18 @@ fn plan(
             records.push(r);
             continue;
         }
-        let cache_ok = old_cache
-            .map(|c| cache::check_record_entry(c, r.cache_offset, r.cache_crc).is_ok())
-            .unwrap_or(false);
-        let size_differs = opts.do_stat && file.is_some_and(|f| f.size != r.size);
-        let reparse = opts.always_parse || size_differs || !cache_ok || r.internaldate == 0;
-        let mut new_entry: Option<Vec<u8>> = None;
+        let reparse = reparse_of.get(i).copied().unwrap_or(true);
+        let mut new_entry: Option<Parsed> = None;
         if reparse {
             let Some(f) = file else {
                 records.push(r);
                 continue; // -s: nothing to parse
             };
-            let parsed = parse(f).with_context(|| format!("reading {}", f.path.display()))?;
+            let parsed = parse
+                .parse(f)
+                .with_context(|| format!("reading {}", f.path.display()))?;
             p.messages += 1;
-            if parsed.msg.guid != r.guid {
+            if parsed.guid != r.guid {
                 p.say(
                     "guid-mismatch",
                     Some(uid),
@@ -1466,7 +1562,7 @@ fn plan(
                 records.push(r);
                 continue;
             }
-            let m = &parsed.msg;
+            let m = &parsed;
             r.size = m.size;
             r.header_size = m.header_size;
             if r.internaldate == 0 {
@@ -1482,8 +1578,8 @@ fn plan(
             } else {
                 local_midnight(r.internaldate)
             };
-            if !cache_ok || crc32(&parsed.entry) != r.cache_crc {
-                new_entry = Some(parsed.entry.clone());
+            if parsed.entry_crc != r.cache_crc || !cache_entry_ok(old_cache, &r) {
+                new_entry = Some(parsed);
             }
         }
         if trusted && r.modseq > highest {
@@ -1543,8 +1639,8 @@ fn plan(
             differs = true;
         }
         if let Some(e) = new_entry {
-            let off = new_cache.len() as u64;
-            let crc = crc32(&e);
+            let off = new_cache.len();
+            let crc = e.entry_crc;
             p.say(
                 "cache",
                 Some(uid),
@@ -1554,7 +1650,7 @@ fn plan(
                     rec.cache_crc
                 ),
             );
-            new_cache.extend_from_slice(&e);
+            new_cache.push(e.entry_off, e.entry_len);
             r.cache_offset = off;
             r.cache_crc = crc;
             r.cache_version = CACHE_VERSION_36;
@@ -1596,7 +1692,7 @@ fn plan(
     discovered.dedup();
     let mut appended: Vec<IndexRecord> = Vec::new();
     let mut add =
-        |uid: u32, new_uid: u32, p: &mut Plan, new_cache: &mut Vec<u8>| -> anyhow::Result<bool> {
+        |uid: u32, new_uid: u32, p: &mut Plan, new_cache: &mut NewCache| -> anyhow::Result<bool> {
             let Some(f) = files.get(&uid) else {
                 return Ok(false);
             };
@@ -1608,12 +1704,14 @@ fn plan(
                 );
                 return Ok(false);
             }
-            let parsed = parse(f).with_context(|| format!("reading {}", f.path.display()))?;
+            let parsed = parse
+                .parse(f)
+                .with_context(|| format!("reading {}", f.path.display()))?;
             p.messages += 1;
-            let m = &parsed.msg;
+            let m = &parsed;
             let internaldate = u64::try_from(f.mtime).unwrap_or(0);
-            let off = new_cache.len() as u64;
-            new_cache.extend_from_slice(&parsed.entry);
+            let off = new_cache.len();
+            new_cache.push(parsed.entry_off, parsed.entry_len);
             appended.push(IndexRecord {
                 uid: new_uid,
                 internaldate,
@@ -1634,7 +1732,7 @@ fn plan(
                 savedate: ctx.now,
                 cache_version: CACHE_VERSION_36,
                 guid: m.guid,
-                cache_crc: crc32(&parsed.entry),
+                cache_crc: parsed.entry_crc,
                 ..IndexRecord::default()
             });
             Ok(true)
@@ -1755,6 +1853,23 @@ fn plan(
         p.files.cache = Some(new_cache);
     }
     Ok(p)
+}
+
+/// Whether a record's cache entry in the old cache is intact.
+fn cache_entry_ok(old_cache: Option<&[u8]>, r: &IndexRecord) -> bool {
+    old_cache.is_some_and(|c| cache::check_record_entry(c, r.cache_offset, r.cache_crc).is_ok())
+}
+
+/// Whether the record's message file must be parsed again: `-G`, its size changed, its cache
+/// entry is damaged, or it has no internaldate.
+fn needs_reparse(
+    opts: &Opts,
+    r: &IndexRecord,
+    file: Option<&MessageFile>,
+    old_cache: Option<&[u8]>,
+) -> bool {
+    let size_differs = opts.do_stat && file.is_some_and(|f| f.size != r.size);
+    opts.always_parse || size_differs || r.internaldate == 0 || !cache_entry_ok(old_cache, r)
 }
 
 /// Whether the mailbox has per-message annotations (their CRCs are not recomputed).

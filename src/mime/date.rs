@@ -227,16 +227,53 @@ fn tokenise(s: &[u8], date_only: bool) -> Option<Parsed> {
     })
 }
 
+/// Entries kept per thread by [`local_midnight_of`] before it starts afresh.
+const MIDNIGHT_MEMO_MAX: usize = 4096;
+
+/// `mktime` of midnight of a day (`tm_year`, `tm_mon`, `tm_mday` as in `struct tm`, out of
+/// range values normalised) in the process time zone, with the given `tm_isdst` (-1: let
+/// `mktime` decide). glibc's `mktime`
+/// re-reads the zone (a `stat` of /etc/localtime) under a process-wide lock on every call,
+/// which parallel parsing of many messages would contend on, so results are memoised per
+/// thread, keyed by the day and the value of `TZ` (which tests change).
+pub fn local_midnight_of(year: i32, mon: i32, mday: i32, isdst: i32) -> libc::time_t {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    type Memo = (
+        Option<std::ffi::OsString>,
+        HashMap<(i32, i32, i32, i32), libc::time_t>,
+    );
+    thread_local! {
+        static MEMO: RefCell<Memo> = RefCell::new((None, HashMap::new()));
+    }
+    let tz = std::env::var_os("TZ");
+    MEMO.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.0 != tz || m.1.len() >= MIDNIGHT_MEMO_MAX {
+            m.0 = tz;
+            m.1.clear();
+        }
+        *m.1.entry((year, mon, mday, isdst)).or_insert_with(|| {
+            // SAFETY: libc::tm is plain old data; all-zero is a valid value.
+            let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+            tm.tm_year = year;
+            tm.tm_mon = mon;
+            tm.tm_mday = mday;
+            tm.tm_isdst = isdst;
+            // SAFETY: `tm` is a fully initialised struct tm owned by this frame.
+            unsafe { libc::mktime(&mut tm) }
+        })
+    })
+}
+
 /// `time_from_rfc5322` on an unstructured Date value; `None` where Cyrus fails.
 fn time_from_rfc5322(s: &[u8], date_only: bool) -> Option<u64> {
     let mut p = tokenise(s, date_only)?;
-    // SAFETY: `p.tm` is a fully initialised struct tm owned by this frame.
-    let t = unsafe {
-        if date_only {
-            libc::mktime(&mut p.tm)
-        } else {
-            libc::timegm(&mut p.tm)
-        }
+    let t = if date_only {
+        local_midnight_of(p.tm.tm_year, p.tm.tm_mon, p.tm.tm_mday, p.tm.tm_isdst)
+    } else {
+        // SAFETY: `p.tm` is a fully initialised struct tm owned by this frame.
+        unsafe { libc::timegm(&mut p.tm) }
     };
     if t < 0 {
         return None;
@@ -328,6 +365,36 @@ pub(crate) mod tests {
         assert_eq!(sent_utc, 1678838400);
         // New York is on EDT (UTC-4) on 15 March 2023.
         assert_eq!(sent_ny, 1678838400 + 4 * 3600);
+    }
+
+    #[test]
+    fn midnight_memo_follows_tz_and_the_dst_flag() {
+        // 15 March 2023 (tm_year 123, tm_mon 2).
+        let utc = with_tz("UTC0", || local_midnight_of(123, 2, 15, -1));
+        let ny = with_tz("EST5EDT,M3.2.0,M11.1.0", || {
+            local_midnight_of(123, 2, 15, -1)
+        });
+        assert_eq!(utc, 1678838400);
+        assert_eq!(ny, 1678838400 + 4 * 3600);
+        // Midnight read as daylight time is an hour earlier than as standard time.
+        let (std_t, dst_t) = with_tz("EST5EDT,M3.2.0,M11.1.0", || {
+            (
+                local_midnight_of(123, 0, 15, 0),
+                local_midnight_of(123, 0, 15, 1),
+            )
+        });
+        assert_eq!(std_t - dst_t, 3600);
+        // Same answer as a direct mktime, out-of-range days included.
+        with_tz("UTC0", || {
+            let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+            tm.tm_year = 123;
+            tm.tm_mon = 1;
+            tm.tm_mday = 31;
+            tm.tm_isdst = -1;
+            assert_eq!(local_midnight_of(123, 1, 31, -1), unsafe {
+                libc::mktime(&mut tm)
+            });
+        });
     }
 
     #[test]

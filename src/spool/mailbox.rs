@@ -9,11 +9,13 @@
 //! repair changes; that is the command's plan.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::spool::atomic::{self, crash_point};
@@ -247,6 +249,191 @@ pub fn lock(
     Ok(stack)
 }
 
+/// Where new cache entries wait between parsing and [`commit`], so that a mailbox's entries
+/// (hundreds of MB for a big mailbox) are not all held in memory: an unnamed file
+/// (`O_TMPFILE`, gone when closed, even after a crash) next to `cyrus.cache`, else in the
+/// temporary directory, else memory. Appends may come from several threads at once.
+pub struct Spill {
+    store: SpillStore,
+    len: AtomicU64,
+}
+
+enum SpillStore {
+    File(File),
+    Memory(Mutex<Vec<u8>>),
+    /// `-n`: only offsets and lengths matter; the bytes are dropped.
+    Discard,
+}
+
+impl std::fmt::Debug for Spill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.store {
+            SpillStore::File(_) => "file",
+            SpillStore::Memory(_) => "memory",
+            SpillStore::Discard => "discard",
+        };
+        write!(
+            f,
+            "Spill({kind}, {} bytes)",
+            self.len.load(Ordering::Relaxed)
+        )
+    }
+}
+
+impl Spill {
+    /// A spill file in `dir` (the directory of `cyrus.cache`, so its pages are on the same
+    /// device), else in the temporary directory, else in memory.
+    pub fn near(dir: &Path) -> Spill {
+        let unnamed = |d: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_TMPFILE)
+                .open(d)
+        };
+        let store = match unnamed(dir).or_else(|_| unnamed(&std::env::temp_dir())) {
+            Ok(f) => SpillStore::File(f),
+            Err(_) => SpillStore::Memory(Mutex::new(Vec::new())),
+        };
+        Spill {
+            store,
+            len: AtomicU64::new(0),
+        }
+    }
+
+    /// A spill kept in memory.
+    pub fn memory() -> Spill {
+        Spill {
+            store: SpillStore::Memory(Mutex::new(Vec::new())),
+            len: AtomicU64::new(0),
+        }
+    }
+
+    /// A spill that only counts (for a dry run: nothing is committed).
+    pub fn discard() -> Spill {
+        Spill {
+            store: SpillStore::Discard,
+            len: AtomicU64::new(0),
+        }
+    }
+
+    /// Appends `bytes`; returns the offset they start at.
+    pub fn append(&self, bytes: &[u8]) -> io::Result<u64> {
+        match &self.store {
+            SpillStore::File(f) => {
+                let off = self.len.fetch_add(bytes.len() as u64, Ordering::SeqCst);
+                f.write_all_at(bytes, off)?;
+                Ok(off)
+            }
+            SpillStore::Memory(m) => {
+                let mut v = m
+                    .lock()
+                    .map_err(|_| io::Error::other("spill lock poisoned"))?;
+                let off = v.len() as u64;
+                v.extend_from_slice(bytes);
+                self.len.store(v.len() as u64, Ordering::SeqCst);
+                Ok(off)
+            }
+            SpillStore::Discard => Ok(self.len.fetch_add(bytes.len() as u64, Ordering::SeqCst)),
+        }
+    }
+
+    /// Copies `len` bytes at `off` to `out`.
+    fn copy_to(&self, off: u64, len: u64, out: &mut impl Write, buf: &mut [u8]) -> io::Result<()> {
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= self.len.load(Ordering::SeqCst))
+            .ok_or_else(|| io::Error::other("cache entry range outside the spill"))?;
+        match &self.store {
+            SpillStore::File(f) => {
+                let mut at = off;
+                while at < end {
+                    let n = usize::try_from(end - at)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len());
+                    let chunk = buf.get_mut(..n).unwrap_or_default();
+                    f.read_exact_at(chunk, at)?;
+                    out.write_all(chunk)?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            SpillStore::Memory(m) => {
+                let v = m
+                    .lock()
+                    .map_err(|_| io::Error::other("spill lock poisoned"))?;
+                let r = usize::try_from(off).ok().zip(usize::try_from(end).ok());
+                let bytes = r.and_then(|(a, b)| v.get(a..b)).unwrap_or_default();
+                out.write_all(bytes)
+            }
+            SpillStore::Discard => Err(io::Error::other(
+                "cache entries of a dry run were not kept; nothing to commit",
+            )),
+        }
+    }
+}
+
+/// A new `cyrus.cache`: the old file's bytes (or a new file's header), then entries held in
+/// a [`Spill`], in the order they were pushed.
+#[derive(Debug, Clone)]
+pub struct NewCache {
+    /// The first bytes: the old file, so the old index's offsets stay valid until the new
+    /// index is in place (or the generation number of a new file).
+    pub prefix: Vec<u8>,
+    /// `(offset, length)` ranges of the spill; adjacent ranges are merged.
+    ranges: Vec<(u64, u64)>,
+    len: u64,
+    spill: Arc<Spill>,
+}
+
+impl PartialEq for NewCache {
+    fn eq(&self, o: &NewCache) -> bool {
+        self.prefix == o.prefix && self.ranges == o.ranges && Arc::ptr_eq(&self.spill, &o.spill)
+    }
+}
+
+impl Eq for NewCache {}
+
+impl NewCache {
+    pub fn new(prefix: Vec<u8>, spill: Arc<Spill>) -> NewCache {
+        NewCache {
+            len: prefix.len() as u64,
+            prefix,
+            ranges: Vec::new(),
+            spill,
+        }
+    }
+
+    /// Size of the file in bytes (the offset the next entry gets).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends the entry at `off`, `len` bytes long, of the spill.
+    pub fn push(&mut self, off: u64, len: u64) {
+        self.len = self.len.saturating_add(len);
+        match self.ranges.last_mut() {
+            Some((o, l)) if o.checked_add(*l) == Some(off) => *l = l.saturating_add(len),
+            _ => self.ranges.push((off, len)),
+        }
+    }
+
+    /// Writes the whole file to `out`.
+    pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(&self.prefix)?;
+        let mut buf = vec![0u8; 1 << 20];
+        for &(off, len) in &self.ranges {
+            self.spill.copy_to(off, len, out, &mut buf)?;
+        }
+        Ok(())
+    }
+}
+
 /// A set of new metadata files and file operations for one mailbox, applied by [`commit`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -254,7 +441,7 @@ pub struct Changes {
     pub renames: Vec<(PathBuf, PathBuf)>,
     /// The whole new `cyrus.cache`; it must start with the old file's bytes so the old
     /// index's offsets stay valid until the new index is in place.
-    pub cache: Option<Vec<u8>>,
+    pub cache: Option<NewCache>,
     pub header: Option<Vec<u8>>,
     pub index: Option<Vec<u8>>,
     /// Files to delete after the new index is in place (odd files with -O, message files
@@ -322,7 +509,12 @@ pub fn commit(files: &MailboxFiles, changes: &Changes) -> Result<(), CommitError
         }
         Ok(())
     };
-    write(&files.cache, &changes.cache)?;
+    if let Some(c) = &changes.cache {
+        if let Some(dir) = files.cache.parent() {
+            std::fs::create_dir_all(dir).map_err(cerr(dir, "cannot create directory"))?;
+        }
+        replace_streamed(&files.cache, c)?;
+    }
     write(&files.header, &changes.header)?;
     write(&files.index, &changes.index)?;
     for p in &changes.removals {
@@ -332,6 +524,48 @@ pub fn commit(files: &MailboxFiles, changes: &Changes) -> Result<(), CommitError
             Err(e) => return Err(cerr(p, "cannot remove")(e)),
         }
     }
+    Ok(())
+}
+
+/// [`atomic::replace`] for a file streamed from a [`NewCache`]: the same steps (`NAME.NEW`
+/// with the old file's owner and mode, write, fsync, rename, fsync the directory) and the same
+/// crash points, without the whole file in memory.
+fn replace_streamed(path: &Path, cache: &NewCache) -> Result<(), CommitError> {
+    let own = atomic::Ownership::for_path(path).map_err(cerr(path, "cannot stat"))?;
+    let tmp = atomic::new_path(path);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    {
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(own.mode)
+            .open(&tmp)
+            .map_err(cerr(&tmp, "cannot create"))?;
+        f.set_permissions(std::fs::Permissions::from_mode(own.mode))
+            .map_err(cerr(&tmp, "cannot set owner/mode"))?;
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::fchown(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                Some(nix::unistd::Uid::from_raw(own.uid)),
+                Some(nix::unistd::Gid::from_raw(own.gid)),
+            )
+            .map_err(|e| cerr(&tmp, "cannot set owner/mode")(io::Error::from(e)))?;
+        }
+        let mut w = io::BufWriter::with_capacity(1 << 20, &f);
+        cache
+            .write_to(&mut w)
+            .and_then(|()| w.flush())
+            .map_err(cerr(&tmp, "cannot write"))?;
+        drop(w);
+        crash_point("write");
+        f.sync_all().map_err(cerr(&tmp, "cannot fsync"))?;
+        crash_point("fsync");
+    }
+    std::fs::rename(&tmp, path).map_err(cerr(path, "cannot rename into place"))?;
+    crash_point("rename");
+    atomic::fsync_dir(dir).map_err(cerr(dir, "cannot fsync directory"))?;
+    crash_point("fsync-dir");
     Ok(())
 }
 
@@ -367,16 +601,75 @@ mod tests {
         );
     }
 
+    fn files_in(d: &Path) -> MailboxFiles {
+        MailboxFiles {
+            data_dir: d.to_path_buf(),
+            header: d.join("cyrus.header"),
+            index: d.join("cyrus.index"),
+            cache: d.join("cyrus.cache"),
+            annotations: d.join("cyrus.annotations"),
+        }
+    }
+
+    #[test]
+    fn new_cache_is_the_prefix_then_the_pushed_entries_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        for spill in [Spill::near(d.path()), Spill::memory()] {
+            let spill = Arc::new(spill);
+            let a = spill.append(b"AAAA").unwrap();
+            let b = spill.append(b"BBBBBBBB").unwrap();
+            let c = spill.append(b"CC").unwrap();
+            assert_eq!((a, b, c), (0, 4, 12));
+            let mut nc = NewCache::new(b"old!".to_vec(), spill.clone());
+            nc.push(b, 8);
+            nc.push(c, 2); // adjacent to b: merged
+            nc.push(a, 4);
+            assert_eq!(nc.ranges, vec![(4, 10), (0, 4)]);
+            assert_eq!(nc.len(), 18);
+            let mut out = Vec::new();
+            nc.write_to(&mut out).unwrap();
+            assert_eq!(out, b"old!BBBBBBBBCCAAAA");
+            // A range the spill does not hold is an error, not a short file.
+            nc.push(100, 4);
+            assert!(nc.write_to(&mut Vec::new()).is_err());
+        }
+        // An unnamed spill leaves nothing in the directory.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn dry_run_spill_counts_but_cannot_be_committed() {
+        let spill = Arc::new(Spill::discard());
+        assert_eq!(spill.append(b"xyz").unwrap(), 0);
+        assert_eq!(spill.append(b"w").unwrap(), 3);
+        let mut nc = NewCache::new(Vec::new(), spill);
+        nc.push(0, 4);
+        assert!(nc.write_to(&mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn commit_streams_the_cache_with_the_old_bytes_first() {
+        let d = tempfile::tempdir().unwrap();
+        let files = files_in(d.path());
+        std::fs::write(&files.cache, b"OLDCACHE").unwrap();
+        let spill = Arc::new(Spill::near(d.path()));
+        let off = spill.append(b"entry").unwrap();
+        let mut nc = NewCache::new(b"OLDCACHE".to_vec(), spill);
+        nc.push(off, 5);
+        let ch = Changes {
+            cache: Some(nc),
+            ..Changes::default()
+        };
+        assert!(!ch.is_empty());
+        commit(&files, &ch).unwrap();
+        assert_eq!(std::fs::read(&files.cache).unwrap(), b"OLDCACHEentry");
+        assert!(!atomic::new_path(&files.cache).exists());
+    }
+
     #[test]
     fn commit_renames_by_link_then_unlink_and_is_rerunnable() {
         let d = tempfile::tempdir().unwrap();
-        let files = MailboxFiles {
-            data_dir: d.path().to_path_buf(),
-            header: d.path().join("cyrus.header"),
-            index: d.path().join("cyrus.index"),
-            cache: d.path().join("cyrus.cache"),
-            annotations: d.path().join("cyrus.annotations"),
-        };
+        let files = files_in(d.path());
         std::fs::write(files.message(3), b"msg").unwrap();
         // A crash after the link left both names.
         std::fs::hard_link(files.message(3), files.message(9)).unwrap();
