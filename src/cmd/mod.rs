@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod dedupe;
 pub mod mbcheck;
 
 pub const EXIT_OK: u8 = 0;
@@ -80,6 +81,9 @@ pub struct Cli {
 pub enum Command {
     /// Check the mailboxes database, headers, indexes, caches, message files and quota usage (read-only)
     Mbcheck(mbcheck::MbcheckArgs),
+    /// Re-link copies of one message (single-instance store) that a restore or copy broke apart
+    #[command(name = "singleinstance-dedupe")]
+    Dedupe(dedupe::DedupeArgs),
 }
 
 /// Names under which the binary behaves as one subcommand (multi-call, like Cyrus's tools).
@@ -104,6 +108,7 @@ pub fn multicall_args(mut args: Vec<OsString>) -> Vec<OsString> {
 pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Mbcheck(args) => mbcheck::run(&cli.common, &args),
+        Command::Dedupe(args) => dedupe::run(&cli.common, &args),
     }
 }
 
