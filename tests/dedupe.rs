@@ -592,7 +592,11 @@ fn real_cyrus_spool_with_broken_links_gets_its_groups_back() {
     let again = dedupe(&cy.conf_path(), &["--json"]);
     assert_eq!(again.json()["files_linked"].as_u64(), Some(0));
     cy.stop().unwrap();
+    // What a kill between link and rename leaves: a temporary link Cyrus must ignore.
+    let inbox = spool.join("a/user/alice");
+    std::fs::hard_link(inbox.join("1."), inbox.join(".2.cyrkit-link")).unwrap();
     reconstruct_quiet(&cy);
+    assert!(inbox.join(".2.cyrkit-link").exists());
 }
 
 #[test]
@@ -657,4 +661,228 @@ fn expected_messages(n: usize) -> usize {
                 .count()
         })
         .sum()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Benchmark spool (scripts/bench-dedupe)
+
+/// Writes a spool "after a restore" for `scripts/bench-dedupe`, with the crate's own writers:
+/// `CYRKIT_BENCH_FILES` message files (default 100000) spread over users of 100 messages,
+/// `CYRKIT_BENCH_DUP_PCT` percent of them (default 30) byte-identical copies of a message
+/// in another user's INBOX, each its own inode. Sizes follow a rough mail distribution
+/// (1 KiB to 200 KiB, most under 20 KiB). Run with
+/// `CYRKIT_BENCH_DIR=DIR cargo test --test dedupe -- --ignored --exact generate_bench_spool`.
+#[test]
+#[ignore = "writes a large spool; used by scripts/bench-dedupe"]
+fn generate_bench_spool() {
+    use cyrkit::format::cyrusdb::KeyOrder;
+    use cyrkit::format::mboxlist::{write_dlist_value, MboxEntry, MboxKey};
+    use cyrkit::format::{dlist, header, index, twoskip};
+    use cyrkit::spool::names::{MboxName, NameConfig};
+
+    let env_num = |k: &str, d: u64| -> u64 {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let out = PathBuf::from(std::env::var("CYRKIT_BENCH_DIR").expect("CYRKIT_BENCH_DIR"));
+    let files = env_num("CYRKIT_BENCH_FILES", 100_000);
+    let dup_pct = env_num("CYRKIT_BENCH_DUP_PCT", 30);
+    const PER_USER: u64 = 100;
+    let users = files.div_ceil(PER_USER);
+
+    let src = fixture_src("legacy");
+    std::fs::create_dir_all(out.join("conf")).unwrap();
+    std::fs::create_dir_all(out.join("spool")).unwrap();
+    std::fs::copy(src.join("imapd.conf"), out.join("imapd.conf")).unwrap();
+
+    // Templates from the real-Cyrus fixture: alice's entry, header and index header.
+    let nc = NameConfig::default();
+    let db = std::fs::read(src.join("conf/mailboxes.db")).unwrap();
+    let pairs =
+        cyrkit::spool::db::read_pairs(&db, cyrkit::format::cyrusdb::Backend::Twoskip).unwrap();
+    let alice = MboxName::user_inbox(b"alice", &nc).unwrap();
+    let name_key = MboxKey::Name(alice.to_dbname()).encode();
+    let (_, v) = pairs.iter().find(|(k, _)| *k == name_key).unwrap();
+    let entry = MboxEntry::from_v36_dlist(&dlist::parse(v).unwrap()).unwrap();
+    let hdr_bytes = std::fs::read(src.join("spool/a/user/alice/cyrus.header")).unwrap();
+    let hdr = header::parse(&hdr_bytes).unwrap();
+    let idx_bytes = std::fs::read(src.join("spool/a/user/alice/cyrus.index")).unwrap();
+    let ihdr = index::Index::open(&idx_bytes).unwrap().header().clone();
+    let version = ihdr.minor_version;
+    let config = cyrkit::spool::config::Config::load(&out.join("imapd.conf")).unwrap();
+    let layout = cyrkit::spool::paths::Layout::from_config(&config).unwrap();
+    let data_dir = |name: &MboxName| {
+        layout
+            .data_dir("default", cyrkit::spool::paths::MailboxDir::Legacy(name))
+            .unwrap()
+    };
+
+    // A small deterministic generator (xorshift), so every run writes the same spool.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut db_pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    // Every message written, to copy from.
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut total = 0u64;
+    for u in 0..users {
+        let userid = format!("u{u:06}");
+        let name = MboxName::user_inbox(userid.as_bytes(), &nc).unwrap();
+        let uniqueid = format!("bench{u:010}");
+        let mut e = entry.clone();
+        e.uniqueid = Some(uniqueid.clone().into_bytes());
+        e.uidvalidity = 1_600_000_000 + u as u32;
+        db_pairs.push((
+            MboxKey::Name(name.to_dbname()).encode(),
+            write_dlist_value(&e.to_v36_name_dlist()),
+        ));
+        let mut ie = e.clone();
+        ie.dbname = Some(name.to_dbname());
+        db_pairs.push((
+            MboxKey::Id(uniqueid.clone().into_bytes()).encode(),
+            write_dlist_value(&ie.to_v36_id_dlist()),
+        ));
+        let dir = data_dir(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut h = hdr.clone();
+        h.name = Some(name.to_internal());
+        h.uniqueid = Some(uniqueid.into_bytes());
+        h.quotaroot = None;
+        std::fs::write(dir.join("cyrus.header"), h.write().unwrap()).unwrap();
+
+        let mut records = Vec::new();
+        for uid in 1..=PER_USER as u32 {
+            if total >= files {
+                break;
+            }
+            total += 1;
+            let copy = !written.is_empty() && rnd() % 100 < dup_pct;
+            let bytes = if copy {
+                let from = &written[(rnd() % written.len() as u64) as usize];
+                std::fs::read(from).unwrap()
+            } else {
+                let size = match rnd() % 100 {
+                    0..=59 => 1024 + rnd() % 7168,
+                    60..=89 => 8192 + rnd() % 24576,
+                    _ => 32768 + rnd() % 172_032,
+                } as usize;
+                let mut m = format!(
+                    "From: sender{}@example.org\r\nTo: {userid}@example.com\r\n\
+                     Subject: bench {u} {uid}\r\nMessage-ID: <{}.{u}.{uid}@example.org>\r\n\r\n",
+                    rnd() % 1000,
+                    rnd()
+                )
+                .into_bytes();
+                while m.len() < size {
+                    let line = format!(
+                        "{:016x}{:016x}{:016x}{:016x}\r\n",
+                        rnd(),
+                        rnd(),
+                        rnd(),
+                        rnd()
+                    );
+                    m.extend_from_slice(line.as_bytes());
+                }
+                written.push(dir.join(format!("{uid}.")));
+                m
+            };
+            std::fs::write(dir.join(format!("{uid}.")), &bytes).unwrap();
+            records.push(index::IndexRecord {
+                uid,
+                internaldate: 1_700_000_000 + u64::from(uid),
+                sentdate: 1_700_000_000,
+                size: bytes.len() as u64,
+                header_size: 0,
+                gmtime: 1_700_000_000,
+                last_updated: 1_700_000_000,
+                guid: index::guid_of(&bytes),
+                modseq: u64::from(uid),
+                ..Default::default()
+            });
+        }
+        let mut ih = ihdr.clone();
+        ih.last_uid = records.len() as u32;
+        ih.exists = records.len() as u32;
+        ih.quota_mailbox_used = records.iter().map(|r| r.size).sum();
+        ih.highestmodseq = records.len() as u64;
+        std::fs::write(
+            dir.join("cyrus.index"),
+            index::write_index(&ih, &records, version).unwrap(),
+        )
+        .unwrap();
+    }
+    db_pairs.sort_by(|a, b| KeyOrder::Mbox.compare(&a.0, &b.0));
+    let opts = twoskip::FreshOptions {
+        order: KeyOrder::Mbox,
+        ..Default::default()
+    };
+    std::fs::write(
+        out.join("conf/mailboxes.db"),
+        twoskip::write_fresh(&db_pairs, &opts).unwrap(),
+    )
+    .unwrap();
+    eprintln!(
+        "{} message files in {users} mailboxes under {}",
+        total,
+        out.display()
+    );
+}
+
+#[test]
+fn real_cyrus_expunged_and_deleted_copies_only_with_flags() {
+    if !require_cyrus() {
+        return;
+    }
+    let mut cy = real_cyrus(&CyrusOptions::default());
+    deliver_batch(&cy, "flags", 8);
+    // bob expunges his copy of message 1 (delayed expunge: record and file stay).
+    let mut bob = cy.imap_login("bob").unwrap();
+    bob.select("INBOX").unwrap();
+    bob.store("1", "+FLAGS", &["\\Deleted"]).unwrap();
+    bob.expunge().unwrap();
+    bob.logout().unwrap();
+    // alice copies message 2 to a folder (Cyrus links it) and deletes the folder (delayed).
+    let mut alice = cy.imap_login("alice").unwrap();
+    alice.create("INBOX.Trash").unwrap();
+    alice.select("INBOX").unwrap();
+    alice.ok("COPY 2 INBOX.Trash").unwrap();
+    alice.ok("CLOSE").unwrap();
+    alice.delete("INBOX.Trash").unwrap();
+    alice.logout().unwrap();
+    cy.stop().unwrap();
+
+    let spool = cy.spool_dir();
+    let original = inode_groups(&spool, &spool);
+    let bob1 = PathBuf::from("b/user/bob/1.");
+    let deleted: Vec<PathBuf> = message_files(&spool, &spool)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("DELETED"))
+        .collect();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(original.iter().any(|g| g.contains(&bob1)));
+    assert!(original.iter().any(|g| g.contains(&deleted[0])));
+    break_links(&spool);
+
+    let nlink = |p: &Path| std::fs::metadata(spool.join(p)).unwrap().nlink();
+    let r = dedupe(&cy.conf_path(), &["--json"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    assert_eq!(nlink(&bob1), 1, "expunged copy left alone");
+    assert_eq!(nlink(&deleted[0]), 1, "deleted mailbox left alone");
+    let r = dedupe(&cy.conf_path(), &["--json", "--include-expunged"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    assert!(nlink(&bob1) > 1);
+    assert_eq!(nlink(&deleted[0]), 1);
+    let r = dedupe(
+        &cy.conf_path(),
+        &["--json", "--include-deleted", "user.alice"],
+    );
+    assert_eq!(r.code, 0, "{}", r.describe());
+    assert!(nlink(&deleted[0]) > 1);
+    assert_eq!(inode_groups(&spool, &spool), original);
 }

@@ -144,7 +144,7 @@ struct Action {
     dup: MessageFile,
     kept: PathBuf,
     kept_ino: u64,
-    kept_owner: Owner,
+    dev: u64,
     size: u64,
 }
 
@@ -564,7 +564,7 @@ impl Deduper<'_> {
                         dup: f.clone(),
                         kept: kept_path.clone(),
                         kept_ino,
-                        kept_owner,
+                        dev: g.key.dev,
                         size: g.key.size,
                     });
                 }
@@ -694,8 +694,8 @@ impl Deduper<'_> {
                 }
                 Ok(Relinked::Skipped) => self.report.skipped += 1,
                 Ok(Relinked::Differs) => self.differs_from_kept(&a.dup, &a.kept),
-                Ok(Relinked::Ownership(got)) => {
-                    let what = ownership_problem(a.dup.uid, got, a.kept_owner, &a.kept);
+                Ok(Relinked::Ownership(got, want)) => {
+                    let what = ownership_problem(a.dup.uid, got, want, &a.kept);
                     self.find(Kind::Ownership, Some(mb), Some(&a.dup.path), what);
                 }
                 Err(e) => {
@@ -726,23 +726,24 @@ impl Deduper<'_> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Relinked::Skipped),
             Err(e) => return Err(e.into()),
         };
-        if md.ino() != a.dup.ino || md.dev() == 0 || !md.is_file() {
+        if md.ino() != a.dup.ino || md.dev() != a.dev || !md.is_file() {
             return Ok(Relinked::Skipped);
         }
         if md.size() != a.size {
             return Ok(Relinked::Differs);
-        }
-        let owner = Owner::of(&md);
-        if owner != a.kept_owner {
-            return Ok(Relinked::Ownership(owner));
         }
         let mut kept = match File::open(&a.kept) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Relinked::Skipped),
             Err(e) => return Err(e.into()),
         };
-        if kept.metadata()?.ino() != a.kept_ino {
+        let kmd = kept.metadata()?;
+        if kmd.ino() != a.kept_ino || kmd.dev() != a.dev {
             return Ok(Relinked::Skipped);
+        }
+        let owner = Owner::of(&md);
+        if owner != Owner::of(&kmd) {
+            return Ok(Relinked::Ownership(owner, Owner::of(&kmd)));
         }
         let dup = File::open(&a.dup.path)?;
         if dup.metadata()?.ino() != a.dup.ino {
@@ -767,7 +768,7 @@ enum Relinked {
     Done { freed: bool },
     Skipped,
     Differs,
-    Ownership(Owner),
+    Ownership(Owner, Owner),
 }
 
 fn lossy(b: Option<&[u8]>) -> String {
