@@ -12,13 +12,13 @@
 //! 4. Apply, mailbox by mailbox under the mailbox's lock (`OpenMode::Write`: files are
 //!    replaced, the index is not touched): each duplicate is stat'ed again (same inode as
 //!    planned), compared byte for byte with the kept file, then replaced by a link
-//!    ([`crate::spool::dedupe::replace_with_link`]); the directory is fsynced before the lock
-//!    is released. With `-n` the comparison is done without locks and nothing is changed.
+//!    ([`crate::spool::dedupe::replace_with_link`]). Each file system is synced once at the
+//!    end. With `-n` the comparison is done without locks and nothing is changed.
 //!
 //! Expunged records whose files Cyrus has not yet removed, and `DELETED.*` mailboxes, are
 //! left out unless asked for: they are on their way out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -269,16 +269,26 @@ struct Deduper<'a> {
 }
 
 impl Deduper<'_> {
-    fn find(&mut self, kind: Kind, mailbox: Option<usize>, file: Option<&Path>, problem: String) {
-        let mailbox = mailbox
-            .and_then(|i| self.mailboxes.get(i))
-            .map(|m| m.external.clone());
-        self.report.findings.push(Finding {
+    fn finding(
+        &self,
+        kind: Kind,
+        mailbox: Option<usize>,
+        file: Option<&Path>,
+        problem: String,
+    ) -> Finding {
+        Finding {
             kind,
-            mailbox,
+            mailbox: mailbox
+                .and_then(|i| self.mailboxes.get(i))
+                .map(|m| m.external.clone()),
             file: file.map(Path::to_path_buf),
             problem,
-        });
+        }
+    }
+
+    fn find(&mut self, kind: Kind, mailbox: Option<usize>, file: Option<&Path>, problem: String) {
+        let f = self.finding(kind, mailbox, file, problem);
+        self.report.findings.push(f);
     }
 
     fn external(&self, name: &MboxName) -> String {
@@ -443,17 +453,22 @@ impl Deduper<'_> {
         for r in &records {
             *count.entry((part_no(self, r), r.guid, r.size)).or_default() += 1;
         }
+        let candidates: Vec<Record> = records
+            .into_iter()
+            .filter(|r| count.get(&(part_no(self, r), r.guid, r.size)).copied() >= Some(2))
+            .collect();
+        self.report.candidates = candidates.len() as u64;
+        let metas: Vec<_> = {
+            use rayon::prelude::*;
+            candidates
+                .par_iter()
+                .map(|r| std::fs::symlink_metadata(&r.path))
+                .collect()
+        };
         let mut files = Vec::new();
-        for r in records {
-            if count.get(&(part_no(self, &r), r.guid, r.size)).copied() < Some(2) {
-                continue;
-            }
-            self.report.candidates += 1;
-            let md = match std::fs::symlink_metadata(&r.path) {
-                Ok(md) => md,
-                // A missing file is mbcheck's business; there is nothing to link.
-                Err(_) => continue,
-            };
+        for (r, md) in candidates.into_iter().zip(metas) {
+            // A missing file is mbcheck's business; there is nothing to link.
+            let Ok(md) = md else { continue };
             if !md.is_file() {
                 continue;
             }
@@ -495,16 +510,25 @@ impl Deduper<'_> {
     /// Confirm each group's kept file against its GUID and each copy's ownership; returns
     /// the replacements to make. With `-n`, also compares each copy's bytes now.
     fn confirm(&mut self, groups: Vec<Group>) -> Vec<Action> {
+        use rayon::prelude::*;
+        let hash = |g: &Group| -> (PathBuf, std::io::Result<[u8; 20]>) {
+            let path = g
+                .kept()
+                .and_then(|k| k.files.first())
+                .map(|f| f.path.clone())
+                .unwrap_or_default();
+            let h = File::open(&path).and_then(dedupe::sha1_reader);
+            (path, h)
+        };
+        // Hashing the kept files is the bulk of the reading: done in parallel, read-only.
+        let first: Vec<_> = groups.par_iter().map(hash).collect();
         let mut actions = Vec::new();
-        for (gi, mut g) in groups.into_iter().enumerate() {
+        for (gi, (mut g, first)) in groups.into_iter().zip(first).enumerate() {
             // The kept inode: the first whose bytes hash to the GUID.
+            let mut hashed = Some(first);
             while let Some(kept) = g.kept() {
-                let path = kept
-                    .files
-                    .first()
-                    .map(|f| f.path.clone())
-                    .unwrap_or_default();
-                match File::open(&path).and_then(dedupe::sha1_reader) {
+                let (path, h) = hashed.take().unwrap_or_else(|| hash(&g));
+                match h {
                     Ok(h) if h == g.key.guid => break,
                     Ok(h) => {
                         for f in kept.files.clone() {
@@ -584,11 +608,7 @@ impl Deduper<'_> {
     }
 
     fn differs_from_kept(&mut self, f: &MessageFile, kept: &Path) {
-        let what = format!(
-            "uid {}: content differs from {} although the GUIDs are equal: changed on disk, left alone",
-            f.uid,
-            kept.display()
-        );
+        let what = differs_text(f, kept);
         self.find(Kind::Content, Some(f.mailbox), Some(&f.path), what);
     }
 
@@ -616,38 +636,86 @@ impl Deduper<'_> {
     }
 
     fn apply(&mut self, mut actions: Vec<Action>, progress: bool) -> anyhow::Result<()> {
+        use rayon::prelude::*;
         actions.sort_by_key(|a| (a.dup.mailbox, a.dup.uid));
         let bar = crate::ui::progress_for("link", progress);
         bar.set_length(actions.len() as u64);
-        let mut groups = BTreeSet::new();
-        let mut start = 0;
-        while start < actions.len() {
-            let mb = actions
-                .get(start)
-                .map(|a| a.dup.mailbox)
-                .unwrap_or_default();
-            let end = actions
-                .iter()
-                .skip(start)
-                .position(|a| a.dup.mailbox != mb)
-                .map_or(actions.len(), |n| start + n);
-            let batch = actions.get(start..end).unwrap_or_default();
-            self.apply_mailbox(mb, batch, &mut groups)?;
-            bar.inc((end - start) as u64);
-            start = end;
+        // Mailboxes are worked on in parallel, split by lock owner: fcntl locks belong to
+        // the process, so two threads must never take the same lock file, and all of a
+        // user's mailboxes share the user's namespace lock. One user's mailboxes therefore
+        // go to one thread, in order; a shared mailbox is its own unit.
+        let mut units: BTreeMap<(Vec<u8>, usize), Vec<Action>> = BTreeMap::new();
+        for a in actions {
+            let owner = self
+                .mailboxes
+                .get(a.dup.mailbox)
+                .and_then(|m| m.name.userid());
+            let key = match owner {
+                Some(u) => (u, usize::MAX),
+                None => (Vec::new(), a.dup.mailbox),
+            };
+            units.entry(key).or_default().push(a);
         }
+        let units: Vec<Vec<Action>> = units.into_values().collect();
+        let this = &*self;
+        let bar = &bar;
+        let results: Vec<anyhow::Result<Applied>> = units
+            .par_iter()
+            .map(|unit| {
+                let mut out = Applied::default();
+                let mut rest = unit.as_slice();
+                while let Some(first) = rest.first() {
+                    let n = rest
+                        .iter()
+                        .position(|a| a.dup.mailbox != first.dup.mailbox)
+                        .unwrap_or(rest.len());
+                    let (batch, tail) = rest.split_at(n);
+                    this.apply_mailbox(batch, &mut out)?;
+                    bar.inc(batch.len() as u64);
+                    rest = tail;
+                }
+                Ok(out)
+            })
+            .collect();
         bar.finish();
+        let mut groups = BTreeSet::new();
+        let mut synced: BTreeMap<u64, PathBuf> = BTreeMap::new();
+        for r in results {
+            let r = r?;
+            self.report.files_linked += r.files_linked;
+            self.report.inodes_freed += r.inodes_freed;
+            self.report.bytes_saved = self.report.bytes_saved.saturating_add(r.bytes_saved);
+            self.report.skipped += r.skipped;
+            self.report.findings.extend(r.findings);
+            self.report.links.extend(r.links);
+            groups.extend(r.groups);
+            for (dev, dir) in r.synced {
+                synced.entry(dev).or_insert(dir);
+            }
+        }
+        // Durability once per file system at the end, not an fsync per directory: each
+        // directory fsync is a journal commit (tens of milliseconds on a busy disk, a minute
+        // for a thousand mailboxes). Safety does not depend on it: a crash before this point
+        // loses at most some renames, and each path then still holds its old copy.
+        for (_, dir) in synced {
+            let res = File::open(&dir).and_then(|d| {
+                nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)).map_err(Into::into)
+            });
+            if let Err(e) = res {
+                let what = format!("cannot sync the file system: {e}");
+                self.find(Kind::Error, None, Some(&dir), what);
+            }
+            crash_point("dedupe-syncfs");
+        }
         self.report.groups = groups.len() as u64;
         Ok(())
     }
 
     /// Replace one mailbox's duplicates while holding its lock.
-    fn apply_mailbox(
-        &mut self,
-        mb: usize,
-        batch: &[Action],
-        groups: &mut BTreeSet<usize>,
-    ) -> anyhow::Result<()> {
+    fn apply_mailbox(&self, batch: &[Action], out: &mut Applied) -> anyhow::Result<()> {
+        let Some(mb) = batch.first().map(|a| a.dup.mailbox) else {
+            return Ok(());
+        };
         let Some(m) = self.mailboxes.get(mb) else {
             return Ok(());
         };
@@ -669,98 +737,110 @@ impl Deduper<'_> {
             })) => {
                 // Deleted since the scan: nothing of it to link.
                 let what = format!("cannot lock: {source}");
-                self.find(Kind::Error, Some(mb), Some(&index_path), what);
+                out.findings
+                    .push(self.finding(Kind::Error, Some(mb), Some(&index_path), what));
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
         };
-        let mut dirs = BTreeSet::new();
         for a in batch {
-            match self.relink(a) {
+            let problem = match relink(a) {
                 Ok(Relinked::Done { freed }) => {
-                    groups.insert(a.group);
-                    self.report.files_linked += 1;
+                    out.groups.insert(a.group);
+                    out.files_linked += 1;
                     if freed {
-                        self.report.inodes_freed += 1;
-                        self.report.bytes_saved = self.report.bytes_saved.saturating_add(a.size);
+                        out.inodes_freed += 1;
+                        out.bytes_saved = out.bytes_saved.saturating_add(a.size);
                     }
-                    self.report.links.push(Link {
+                    out.links.push(Link {
                         file: a.dup.path.clone(),
                         kept: a.kept.clone(),
                     });
                     if let Some(d) = a.dup.path.parent() {
-                        dirs.insert(d.to_path_buf());
+                        out.synced.entry(a.dev).or_insert_with(|| d.to_path_buf());
                     }
+                    None
                 }
-                Ok(Relinked::Skipped) => self.report.skipped += 1,
-                Ok(Relinked::Differs) => self.differs_from_kept(&a.dup, &a.kept),
-                Ok(Relinked::Ownership(got, want)) => {
-                    let what = ownership_problem(a.dup.uid, got, want, &a.kept);
-                    self.find(Kind::Ownership, Some(mb), Some(&a.dup.path), what);
+                Ok(Relinked::Skipped) => {
+                    out.skipped += 1;
+                    None
                 }
-                Err(e) => {
-                    let what = format!("uid {}: {e}", a.dup.uid);
-                    self.find(Kind::Error, Some(mb), Some(&a.dup.path), what);
-                }
+                Ok(Relinked::Differs) => Some((Kind::Content, differs_text(&a.dup, &a.kept))),
+                Ok(Relinked::Ownership(got, want)) => Some((
+                    Kind::Ownership,
+                    ownership_problem(a.dup.uid, got, want, &a.kept),
+                )),
+                Err(e) => Some((Kind::Error, format!("uid {}: {e}", a.dup.uid))),
+            };
+            if let Some((kind, what)) = problem {
+                out.findings
+                    .push(self.finding(kind, Some(mb), Some(&a.dup.path), what));
             }
-        }
-        for d in dirs {
-            if let Err(e) = atomic::fsync_dir(&d) {
-                self.find(
-                    Kind::Error,
-                    Some(mb),
-                    Some(&d),
-                    format!("cannot fsync: {e}"),
-                );
-            }
-            crash_point("dedupe-fsync-dir");
         }
         drop(held);
         Ok(())
     }
+}
 
-    /// Re-check one duplicate (we hold its mailbox's lock) and replace it.
-    fn relink(&self, a: &Action) -> anyhow::Result<Relinked> {
-        let md = match std::fs::symlink_metadata(&a.dup.path) {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Relinked::Skipped),
-            Err(e) => return Err(e.into()),
-        };
-        if md.ino() != a.dup.ino || md.dev() != a.dev || !md.is_file() {
-            return Ok(Relinked::Skipped);
-        }
-        if md.size() != a.size {
-            return Ok(Relinked::Differs);
-        }
-        let mut kept = match File::open(&a.kept) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Relinked::Skipped),
-            Err(e) => return Err(e.into()),
-        };
-        let kmd = kept.metadata()?;
-        if kmd.ino() != a.kept_ino || kmd.dev() != a.dev {
-            return Ok(Relinked::Skipped);
-        }
-        let owner = Owner::of(&md);
-        if owner != Owner::of(&kmd) {
-            return Ok(Relinked::Ownership(owner, Owner::of(&kmd)));
-        }
-        let dup = File::open(&a.dup.path)?;
-        if dup.metadata()?.ino() != a.dup.ino {
-            return Ok(Relinked::Skipped);
-        }
-        // The kept file was confirmed against the GUID; equal bytes make the duplicate
-        // match it too.
-        if !dedupe::same_bytes(&mut kept, dup)? {
-            return Ok(Relinked::Differs);
-        }
-        let freed = md.nlink() <= 1;
-        let tmp = dedupe::temp_link_path(&a.dup.path, a.dup.uid);
-        match dedupe::replace_with_link(&a.kept, a.kept_ino, &a.dup.path, &tmp) {
-            Ok(()) => Ok(Relinked::Done { freed }),
-            Err(dedupe::RelinkError::KeptChanged { .. }) => Ok(Relinked::Skipped),
-            Err(e) => Err(e.into()),
-        }
+/// What one worker did (merged into the report in a fixed order).
+#[derive(Default)]
+struct Applied {
+    files_linked: u64,
+    inodes_freed: u64,
+    bytes_saved: u64,
+    skipped: u64,
+    findings: Vec<Finding>,
+    links: Vec<Link>,
+    groups: BTreeSet<usize>,
+    /// One directory per file system touched, to sync it at the end.
+    synced: BTreeMap<u64, PathBuf>,
+}
+
+/// Re-check one duplicate (its mailbox's lock is held) and replace it.
+fn relink(a: &Action) -> anyhow::Result<Relinked> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dup = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&a.dup.path)
+    {
+        Ok(f) => f,
+        // Gone (expunged and cleaned up meanwhile), or no longer a plain file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Relinked::Skipped),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Relinked::Skipped),
+        Err(e) => return Err(e.into()),
+    };
+    let md = dup.metadata()?;
+    if md.ino() != a.dup.ino || md.dev() != a.dev || !md.is_file() {
+        return Ok(Relinked::Skipped);
+    }
+    if md.size() != a.size {
+        return Ok(Relinked::Differs);
+    }
+    let mut kept = match File::open(&a.kept) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Relinked::Skipped),
+        Err(e) => return Err(e.into()),
+    };
+    let kmd = kept.metadata()?;
+    if kmd.ino() != a.kept_ino || kmd.dev() != a.dev {
+        return Ok(Relinked::Skipped);
+    }
+    let owner = Owner::of(&md);
+    if owner != Owner::of(&kmd) {
+        return Ok(Relinked::Ownership(owner, Owner::of(&kmd)));
+    }
+    // The kept file was confirmed against the GUID; equal bytes make the duplicate match
+    // it too.
+    if !dedupe::same_bytes(&mut kept, dup)? {
+        return Ok(Relinked::Differs);
+    }
+    let freed = md.nlink() <= 1;
+    let tmp = dedupe::temp_link_path(&a.dup.path, a.dup.uid);
+    match dedupe::replace_with_link(&a.kept, a.kept_ino, &a.dup.path, &tmp) {
+        Ok(()) => Ok(Relinked::Done { freed }),
+        Err(dedupe::RelinkError::KeptChanged { .. }) => Ok(Relinked::Skipped),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -769,6 +849,14 @@ enum Relinked {
     Skipped,
     Differs,
     Ownership(Owner, Owner),
+}
+
+fn differs_text(f: &MessageFile, kept: &Path) -> String {
+    format!(
+        "uid {}: content differs from {} although the GUIDs are equal: changed on disk, left alone",
+        f.uid,
+        kept.display()
+    )
 }
 
 fn lossy(b: Option<&[u8]>) -> String {

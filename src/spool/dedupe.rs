@@ -207,7 +207,7 @@ fn io_err<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(io::Error) -> R
 }
 
 /// Make `dup` a hard link of `kept` without a moment where `dup` is missing: link `kept` to
-/// `tmp` (a stale `tmp` from an interrupted run is removed first), check that the new link is
+/// `tmp` (a stale `tmp` from an interrupted run is replaced), check that the new link is
 /// the inode `kept_ino` that was compared, rename it over `dup`. The caller holds `dup`'s
 /// mailbox lock and fsyncs the directory. A crash leaves `dup` either as it was or as the
 /// link, and at most `tmp`, a second name of the kept file that Cyrus ignores.
@@ -217,12 +217,14 @@ pub fn replace_with_link(
     dup: &Path,
     tmp: &Path,
 ) -> Result<(), RelinkError> {
-    match fs::remove_file(tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(tmp, "cannot remove stale temporary link")(e)),
+    if let Err(e) = fs::hard_link(kept, tmp) {
+        if e.kind() != io::ErrorKind::AlreadyExists {
+            return Err(io_err(tmp, "cannot link the kept file")(e));
+        }
+        // Left by an interrupted run: replace it.
+        fs::remove_file(tmp).map_err(io_err(tmp, "cannot remove stale temporary link"))?;
+        fs::hard_link(kept, tmp).map_err(io_err(tmp, "cannot link the kept file"))?;
     }
-    fs::hard_link(kept, tmp).map_err(io_err(tmp, "cannot link the kept file"))?;
     crash_point("dedupe-link");
     let got = fs::symlink_metadata(tmp)
         .map_err(io_err(tmp, "cannot stat the new link"))?
