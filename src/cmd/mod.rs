@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub mod admin;
+pub mod dedupe;
 pub mod mbcheck;
 pub mod quota;
 pub mod reconstruct;
@@ -92,6 +93,9 @@ pub enum Command {
     InstallLinks(admin::InstallLinksArgs),
     /// Print a shell completion script (bash, zsh, fish, ...)
     Completions(admin::CompletionsArgs),
+    /// Re-link copies of one message (single-instance store) that a restore or copy broke apart
+    #[command(name = "singleinstance-dedupe")]
+    Dedupe(dedupe::DedupeArgs),
 }
 
 /// Names under which the binary behaves as one subcommand (multi-call, like Cyrus's tools).
@@ -120,6 +124,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Reconstruct(args) => reconstruct::run(&cli.common, &args),
         Command::InstallLinks(args) => admin::install_links(&cli.common, &args),
         Command::Completions(args) => admin::completions(&args),
+        Command::Dedupe(args) => dedupe::run(&cli.common, &args),
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod atomic;
 pub mod config;
 pub mod db;
+pub mod dedupe;
 pub mod lock;
 pub mod mailbox;
 pub mod mailbox_lock;
