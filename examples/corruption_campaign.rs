@@ -177,6 +177,8 @@ pub struct Report {
     /// Finding kinds mbcheck still reported after reconstruct → count of cases.
     pub mbcheck_after: BTreeMap<String, u64>,
     pub mbcheck_after_clean: u64,
+    /// The first few case numbers behind each of the two maps above (for investigation).
+    pub case_examples: BTreeMap<String, Vec<u64>>,
     pub failures: Vec<Failure>,
     pub not_idempotent: Vec<NotIdempotent>,
     pub elapsed: Duration,
@@ -197,16 +199,26 @@ impl Report {
             *self.outcomes.entry((i, *code)).or_default() += 1;
         }
         for k in c.leftover {
+            self.note_example(format!("reconstruct -n again: {k}"), c.case);
             *self.leftover_changes.entry(k).or_default() += 1;
         }
         if c.mbcheck_after.is_empty() {
             self.mbcheck_after_clean += 1;
         }
         for k in c.mbcheck_after {
+            self.note_example(format!("mbcheck after: {k}"), c.case);
             *self.mbcheck_after.entry(k).or_default() += 1;
         }
         self.failures.extend(c.failures);
         self.not_idempotent.extend(c.not_idempotent);
+    }
+
+    fn note_example(&mut self, key: String, case: u64) {
+        let v = self.case_examples.entry(key).or_default();
+        if v.len() < 8 {
+            v.push(case);
+            v.sort_unstable();
+        }
     }
 
     /// The summary printed at the end of a campaign.
@@ -253,6 +265,11 @@ impl Report {
         for (k, n) in &self.leftover_changes {
             writeln!(out, "  {n:6}  {k}")?;
         }
+        writeln!(out, "\nexample cases:")?;
+        for (k, v) in &self.case_examples {
+            let v: Vec<String> = v.iter().map(u64::to_string).collect();
+            writeln!(out, "  {k}: {}", v.join(" "))?;
+        }
         writeln!(
             out,
             "\nnot idempotent (second reconstruct -n would still modify): {}",
@@ -294,11 +311,11 @@ pub struct Rng(u64);
 impl Rng {
     pub fn for_case(seed: u64, case: u64) -> Rng {
         let mut r = Rng(seed ^ case.wrapping_mul(0xA076_1D64_78BD_642F));
-        r.next();
+        r.next_u64();
         r
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -311,7 +328,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 
@@ -461,7 +478,7 @@ fn damage(root: &Path, rng: &mut Rng) -> io::Result<Option<(String, String)>> {
         DamageKind::ByteFlip => {
             let mut data = fs::read(&path)?;
             if data.is_empty() {
-                data.push(rng.next() as u8);
+                data.push(rng.next_u64() as u8);
                 fs::write(&path, &data)?;
                 format!("{}: empty file given one byte", rel.display())
             } else {
@@ -813,6 +830,7 @@ fn check_outcome(step: &Step, o: &Outcome) -> Vec<String> {
 // One case
 
 struct CaseResult {
+    case: u64,
     damage_kinds: Vec<String>,
     codes: Vec<i32>,
     leftover: Vec<String>,
@@ -933,6 +951,7 @@ fn run_case(cfg: &Config, case: u64) -> io::Result<(CaseResult, Option<PathBuf>)
     let kept = if cfg.keep { Some(tmp.keep()) } else { None };
     Ok((
         CaseResult {
+            case,
             damage_kinds,
             codes,
             leftover,

@@ -1394,11 +1394,14 @@ fn plan(
             Some(f) => !opts.do_stat || f.size > 0,
             None => !opts.do_stat,
         };
+        if r.is_unlinked() {
+            // Done with, file or not: Cyrus unlinks the file when it marks the record
+            // ("already expunged, unlinking"), cyrkit keeps it (removals only with -U/-O),
+            // so a later run must not re-check it and report the same change again.
+            records.push(r);
+            continue;
+        }
         if !have {
-            if r.is_unlinked() {
-                records.push(r);
-                continue;
-            }
             p.say(
                 "not-found",
                 Some(uid),
