@@ -58,7 +58,7 @@ pub struct Step {
 }
 
 /// The commands, in the order they run. The fourth is the idempotency probe.
-pub const STEPS: [Step; 8] = [
+pub const STEPS: [Step; 11] = [
     Step {
         label: "mbcheck",
         args: &["mbcheck"],
@@ -99,9 +99,27 @@ pub const STEPS: [Step; 8] = [
         args: &["reconstruct", "-m", "-n"],
         mode: Mode::ReadOnly,
     },
+    // Beyond the minimum: the database rebuilt for real, then the mailboxes again, so the
+    // repairs that damaged databases need are exercised too (and must keep every message).
+    Step {
+        label: "reconstruct -m",
+        args: &["reconstruct", "-m"],
+        mode: Mode::Writes,
+    },
+    Step {
+        label: "reconstruct (after -m)",
+        args: &["reconstruct"],
+        mode: Mode::Writes,
+    },
+    Step {
+        label: "mbcheck (final)",
+        args: &["mbcheck", "--json"],
+        mode: Mode::ReadOnly,
+    },
 ];
 const IDEMPOTENCY_STEP: usize = 3;
 const MBCHECK_AFTER_STEP: usize = 4;
+const MBCHECK_FINAL_STEP: usize = 10;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration and results
@@ -177,8 +195,13 @@ pub struct Report {
     /// Finding kinds mbcheck still reported after reconstruct → count of cases.
     pub mbcheck_after: BTreeMap<String, u64>,
     pub mbcheck_after_clean: u64,
+    /// The same for the last mbcheck, after reconstruct -m and a second reconstruct.
+    pub mbcheck_final: BTreeMap<String, u64>,
+    pub mbcheck_final_clean: u64,
     /// The first few case numbers behind each of the two maps above (for investigation).
     pub case_examples: BTreeMap<String, Vec<u64>>,
+    /// The error messages behind exit 2 and 3 (numbers and the case path masked) → count.
+    pub error_messages: BTreeMap<String, u64>,
     pub failures: Vec<Failure>,
     pub not_idempotent: Vec<NotIdempotent>,
     pub elapsed: Duration,
@@ -195,6 +218,9 @@ impl Report {
         for d in &c.damage_kinds {
             *self.damages.entry(d.clone()).or_default() += 1;
         }
+        for m in c.error_messages {
+            *self.error_messages.entry(m).or_default() += 1;
+        }
         for (i, code) in c.codes.iter().enumerate() {
             *self.outcomes.entry((i, *code)).or_default() += 1;
         }
@@ -204,6 +230,13 @@ impl Report {
         }
         if c.mbcheck_after.is_empty() {
             self.mbcheck_after_clean += 1;
+        }
+        if c.mbcheck_final.is_empty() {
+            self.mbcheck_final_clean += 1;
+        }
+        for k in c.mbcheck_final {
+            self.note_example(format!("mbcheck final: {k}"), c.case);
+            *self.mbcheck_final.entry(k).or_default() += 1;
         }
         for k in c.mbcheck_after {
             self.note_example(format!("mbcheck after: {k}"), c.case);
@@ -260,10 +293,30 @@ impl Report {
         }
         writeln!(
             out,
+            "\nmbcheck at the end (after reconstruct -m and reconstruct): clean in {} of {} cases:",
+            self.mbcheck_final_clean, self.cases
+        )?;
+        for (k, n) in &self.mbcheck_final {
+            writeln!(out, "  {n:6}  {k}")?;
+        }
+        writeln!(
+            out,
             "\nsecond reconstruct -n, change kinds still reported (all cases):"
         )?;
         for (k, n) in &self.leftover_changes {
             writeln!(out, "  {n:6}  {k}")?;
+        }
+        writeln!(
+            out,
+            "\nmessages of exit 2/3 (last stderr line; N = a number):"
+        )?;
+        let mut msgs: Vec<_> = self.error_messages.iter().collect();
+        msgs.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (m, n) in msgs.iter().take(40) {
+            writeln!(out, "  {n:6}  {m}")?;
+        }
+        if msgs.len() > 40 {
+            writeln!(out, "  ... and {} more distinct messages", msgs.len() - 40)?;
         }
         writeln!(out, "\nexample cases:")?;
         for (k, v) in &self.case_examples {
@@ -829,12 +882,40 @@ fn check_outcome(step: &Step, o: &Outcome) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // One case
 
+/// An error line with the case directory and every number masked, so alike messages count
+/// together.
+fn mask(line: &str, case_dir: &Path) -> String {
+    let line = line.replace(&*case_dir.to_string_lossy(), "CASE");
+    let mut out = String::new();
+    let mut in_num = false;
+    let mut prev = ' ';
+    for ch in line.chars() {
+        if in_num && (ch == 'x' && prev == '0' || ch.is_ascii_hexdigit()) {
+            prev = ch;
+            continue;
+        }
+        prev = ch;
+        if ch.is_ascii_digit() {
+            if !in_num {
+                out.push('N');
+            }
+            in_num = true;
+        } else {
+            in_num = false;
+            out.push(ch);
+        }
+    }
+    out.chars().take(160).collect()
+}
+
 struct CaseResult {
     case: u64,
+    error_messages: Vec<String>,
     damage_kinds: Vec<String>,
     codes: Vec<i32>,
     leftover: Vec<String>,
     mbcheck_after: Vec<String>,
+    mbcheck_final: Vec<String>,
     failures: Vec<Failure>,
     not_idempotent: Vec<NotIdempotent>,
 }
@@ -887,12 +968,18 @@ fn run_case(cfg: &Config, case: u64) -> io::Result<(CaseResult, Option<PathBuf>)
     let mut codes = Vec::new();
     let mut leftover = Vec::new();
     let mut mbcheck_after = Vec::new();
+    let mut mbcheck_final = Vec::new();
     let messages_before = message_snapshot(&root);
+    let mut error_messages = Vec::new();
 
     for (i, step) in STEPS.iter().enumerate() {
         let before = (step.mode == Mode::ReadOnly).then(|| tree_snapshot(&root));
         let o = run_command(cfg, tmp.path(), &conf, step.args, i)?;
         codes.push(o.code);
+        if o.code == 2 || o.code == 3 {
+            let last = o.stderr.lines().rev().find(|l| !l.trim().is_empty());
+            error_messages.push(mask(last.unwrap_or(""), tmp.path()));
+        }
         for v in check_outcome(step, &o) {
             failures.push(fail(v));
         }
@@ -935,11 +1022,15 @@ fn run_case(cfg: &Config, case: u64) -> io::Result<(CaseResult, Option<PathBuf>)
                 }
             }
         }
-        if i == MBCHECK_AFTER_STEP {
-            if let Some(doc) = &json {
-                mbcheck_after = json_kinds(doc, "findings", "kind");
+        if i == MBCHECK_AFTER_STEP || i == MBCHECK_FINAL_STEP {
+            let kinds = match &json {
+                Some(doc) => json_kinds(doc, "findings", "kind"),
+                None => vec![format!("(no report, exit {})", o.code)],
+            };
+            if i == MBCHECK_AFTER_STEP {
+                mbcheck_after = kinds;
             } else {
-                mbcheck_after.push(format!("(no report, exit {})", o.code));
+                mbcheck_final = kinds;
             }
         }
     }
@@ -952,10 +1043,12 @@ fn run_case(cfg: &Config, case: u64) -> io::Result<(CaseResult, Option<PathBuf>)
     Ok((
         CaseResult {
             case,
+            error_messages,
             damage_kinds,
             codes,
             leftover,
             mbcheck_after,
+            mbcheck_final,
             failures,
             not_idempotent,
         },
