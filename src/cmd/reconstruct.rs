@@ -1492,11 +1492,14 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             Some(f) => !opts.do_stat || f.size > 0,
             None => !opts.do_stat,
         };
+        if r.is_unlinked() {
+            // Done with, file or not: Cyrus unlinks the file when it marks the record
+            // ("already expunged, unlinking"), cyrkit keeps it (removals only with -U/-O),
+            // so a later run must not re-check it and report the same change again.
+            records.push(r);
+            continue;
+        }
         if !have {
-            if r.is_unlinked() {
-                records.push(r);
-                continue;
-            }
             p.say(
                 "not-found",
                 Some(uid),
