@@ -522,19 +522,18 @@ fn message_file_with_other_size() {
     body.extend_from_slice(b"appended behind Cyrus's back\r\n");
     std::fs::write(&file, &body).unwrap();
     let c = s.check(&[]);
-    assert_only_finding(
-        &c,
-        &Expect::reconstruct(
-            "message-file",
-            "user.bob",
-            &file,
-            format!(
-                "uid 4: size is {} bytes, the index says {}",
-                body.len(),
-                r.size
-            ),
+    let mut want = Expect::reconstruct(
+        "message-file",
+        "user.bob",
+        &file,
+        format!(
+            "uid 4: size is {} bytes, the index says {}",
+            body.len(),
+            r.size
         ),
     );
+    want.repair = "cyrkit reconstruct -R user.bob".into();
+    assert_only_finding(&c, &want);
 }
 
 #[test]

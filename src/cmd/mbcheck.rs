@@ -740,7 +740,9 @@ impl Checker<'_> {
                         md.size(),
                         r.size
                     ),
-                    repair.clone(),
+                    // A plain reconstruct only reports a changed file; -R re-adds it under
+                    // a new UID (-U would drop the record).
+                    self.reconstruct_cmd(ext, "-R "),
                 ),
                 Ok(_) if self.guids => match mailbox::sha1_file(&file) {
                     Ok(g) if g != r.guid => self.find(
