@@ -12,52 +12,19 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use support::cli::{self, fixture_src, Run};
 use support::cyrus::{copy_tree, crlf, require_cyrus, CyrusInstance, CyrusOptions};
 
 // ---------------------------------------------------------------------------------------------
 // Running the binary
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", self.stdout, self.stderr))
-    }
-    fn describe(&self) -> String {
-        format!("exit {}\n{}\n{}", self.code, self.stdout, self.stderr)
-    }
-}
-
 fn dedupe_env(conf: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_cyrkit"))
-        .arg("singleinstance-dedupe")
-        .arg("-C")
-        .arg(conf)
-        .arg("--no-progress")
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("run cyrkit");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    cli::run(&["singleinstance-dedupe"], Some(conf), args, &env)
 }
 
 fn dedupe(conf: &Path, args: &[&str]) -> Run {
     dedupe_env(conf, args, &[])
-}
-
-fn fixture_src(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
 }
 
 /// A private copy of a fixture: every message file its own inode, as git stores it.

@@ -7,38 +7,19 @@ mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cyrkit::format::index::{self, IndexHeader, IndexRecord};
 use cyrkit::format::quota::{self, Resource};
 use cyrkit::format::{header, twoskip};
 use serde_json::Value;
+use support::cli::{self, fixture_src, Run};
 use support::cyrus::{copy_tree, crlf, require_cyrus, CyrusInstance, CyrusOptions};
 
 // ---------------------------------------------------------------------------------------------
 // Running the binary
 
-/// One run of `cyrkit mbcheck`.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn mbcheck(conf: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_cyrkit"))
-        .arg("mbcheck")
-        .arg("-C")
-        .arg(conf)
-        .arg("--no-progress")
-        .args(args)
-        .output()
-        .expect("run cyrkit");
-    Run {
-        code: out.status.code().expect("cyrkit killed by a signal"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cli::run(&["mbcheck"], Some(conf), args, &[])
 }
 
 /// The human and the `--json` run of the same check; they must agree on the exit code.
@@ -215,12 +196,6 @@ fn assert_clean(c: &Check, what: &str) {
 
 const LEGACY: &str = "legacy";
 const UUID: &str = "uuid";
-
-fn fixture_src(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 /// A fresh private copy of a fixture (its `imapd.conf` uses paths relative to itself).
 struct Store {

@@ -17,30 +17,13 @@ use cyrkit::format::cyrusdb::{Backend, KeyOrder};
 use cyrkit::format::quota::{self, Resource};
 use cyrkit::format::{header, index, twoskip};
 use serde_json::Value;
+use support::cli::{self, fixture_src, Run};
 use support::cyrus::{
     chown_cyrus, copy_tree, crlf, quote, require_cyrus, run_cyrus_tool, CyrusInstance, CyrusOptions,
 };
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn cyrkit(conf: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_cyrkit"))
-        .arg("quota")
-        .arg("-C")
-        .arg(conf)
-        .arg("--no-progress")
-        .args(args)
-        .output()
-        .expect("run cyrkit");
-    Run {
-        code: out.status.code().expect("cyrkit killed by a signal"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cli::run(&["quota"], Some(conf), args, &[])
 }
 
 /// A private copy of a fixture, owned by cyrus so Cyrus's tools can work on it.
@@ -56,9 +39,7 @@ impl Store {
             .tempdir()
             .expect("tempdir");
         let root = tmp.path().join(fixture);
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures")
-            .join(fixture);
+        let src = fixture_src(fixture);
         copy_tree(&src, &root).expect("copy fixture");
         std::fs::set_permissions(
             tmp.path(),

@@ -10,62 +10,22 @@ mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cyrkit::format::cyrusdb::Backend;
 use cyrkit::format::index::{self, IndexHeader, IndexRecord};
 use serde_json::Value;
+use support::cli::{self, fixture_src, Run};
 use support::cyrus::{copy_tree, require_cyrus, CyrusInstance};
 
 // ---------------------------------------------------------------------------------------------
 // Running the binary
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn lines(&self) -> Vec<&str> {
-        self.stdout.lines().collect()
-    }
-
-    fn has(&self, line: &str) -> bool {
-        self.stdout.lines().any(|l| l == line)
-    }
-
-    fn assert_has(&self, line: &str) {
-        assert!(
-            self.has(line),
-            "missing line {line:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.stdout,
-            self.stderr
-        );
-    }
-}
-
 fn cyrkit(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_cyrkit"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run cyrkit");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cli::run(args, None, &[], env)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Fixture copies
-
-fn fixture_src(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 struct Store {
     _tmp: tempfile::TempDir,

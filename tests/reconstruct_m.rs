@@ -18,13 +18,13 @@ mod support;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cyrkit::format::cyrusdb::Backend;
 use cyrkit::format::mboxlist::{MboxEntry, MboxKey};
 use cyrkit::format::{dlist, header};
 use cyrkit::spool::db::read_pairs;
 use serde_json::Value;
+use support::cli::{self, fixture_src, Run};
 use support::cyrus::{copy_tree, crlf, require_cyrus, CyrusInstance};
 
 // ---------------------------------------------------------------------------------------------
@@ -33,49 +33,12 @@ use support::cyrus::{copy_tree, crlf, require_cyrus, CyrusInstance};
 /// The subcommand words; switch here when `cyrkit reconstruct -m` is wired up.
 const SUBCOMMAND: &[&str] = &["reconstruct", "-m"];
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}\n{}", self.stdout, self.stderr))
-    }
-    fn describe(&self) -> String {
-        format!(
-            "exit {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
 fn recm(conf: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_cyrkit"))
-        .args(SUBCOMMAND)
-        .arg("-C")
-        .arg(conf)
-        .arg("--no-progress")
-        .args(args)
-        .output()
-        .expect("run cyrkit");
-    Run {
-        code: out.status.code().expect("cyrkit killed by a signal"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cli::run(SUBCOMMAND, Some(conf), args, &[])
 }
 
 // ---------------------------------------------------------------------------------------------
 // Stores
-
-fn fixture_src(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
-}
 
 struct Store {
     _tmp: tempfile::TempDir,
