@@ -543,10 +543,8 @@ fn install_links_into_a_temp_dir() {
 }
 
 /// A file name that is not UTF-8 (an odd file in a mailbox directory) must still give one
-/// valid document. Today `mbcheck --json` panics (exit 101): `json!` unwraps the
-/// serialisation of the finding's `PathBuf`, which serde refuses for non-UTF-8 paths.
+/// valid document (regression: `mbcheck --json` panicked, serde refuses non-UTF-8 paths).
 #[test]
-#[ignore = "mbcheck --json panics on a non-UTF-8 file name; needs a fix in src/cmd/mbcheck.rs"]
 fn mbcheck_odd_file_with_non_utf8_name() {
     use std::os::unix::ffi::OsStrExt;
     let (_t, conf, root) = copy("legacy");
@@ -554,5 +552,7 @@ fn mbcheck_odd_file_with_non_utf8_name() {
     std::fs::write(root.join("spool/a/user/alice").join(name), b"x").expect("odd file");
     let run = cyrkit(&["mbcheck"], &conf, &[]);
     let doc = valid("mbcheck", &run);
+    assert_eq!(run.code, 1, "{}", run.describe());
     assert!(kinds(&doc["findings"], "kind").contains(&"odd-file".to_string()));
+    assert!(run.stdout.contains("odd\u{fffd}"), "{}", run.stdout);
 }

@@ -66,10 +66,8 @@ pub fn install_links(common: &Common, args: &InstallLinksArgs) -> anyhow::Result
             .iter()
             .map(|n| args.dir.join(n).display().to_string())
             .collect();
-        println!(
-            "{}",
-            serde_json::json!({ "target": exe.display().to_string(), "links": links })
-        );
+        let doc = serde_json::json!({ "target": exe.display().to_string(), "links": links });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     }
     Ok(Outcome::Clean)
 }

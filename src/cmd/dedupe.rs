@@ -78,6 +78,7 @@ pub enum Kind {
 pub struct Finding {
     pub kind: Kind,
     pub mailbox: Option<String>,
+    #[serde(serialize_with = "super::json_path::option::serialize")]
     pub file: Option<PathBuf>,
     pub problem: String,
 }
@@ -85,7 +86,9 @@ pub struct Finding {
 /// One path replaced (or, with `-n`, to be replaced) by a link to `kept`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Link {
+    #[serde(serialize_with = "super::json_path::serialize")]
     pub file: PathBuf,
+    #[serde(serialize_with = "super::json_path::serialize")]
     pub kept: PathBuf,
 }
 

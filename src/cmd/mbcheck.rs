@@ -86,6 +86,7 @@ pub struct Finding {
     pub kind: Kind,
     /// External mailbox name (or quota root), if the finding belongs to one.
     pub mailbox: Option<String>,
+    #[serde(serialize_with = "super::json_path::option::serialize")]
     pub file: Option<PathBuf>,
     pub problem: String,
     pub repair: String,
@@ -147,7 +148,7 @@ fn json_report(report: &Report) -> serde_json::Value {
         *by_kind.entry(f.kind).or_default() += 1;
     }
     serde_json::json!({
-        "clean": report.findings.is_empty(),
+        "clean": report.findings.is_empty() && report.not_found.is_empty(),
         "mailboxes_checked": report.mailboxes_checked,
         "messages_checked": report.messages_checked,
         "findings": report.findings,

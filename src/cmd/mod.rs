@@ -128,6 +128,31 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
 }
 
+/// Serde helpers for paths in `--json` output. A file name on disk need not be UTF-8 (an odd
+/// file in a spool can have any bytes); JSON strings must be, so such names are written with
+/// U+FFFD in place of the bad bytes instead of failing the whole document.
+pub mod json_path {
+    use std::path::{Path, PathBuf};
+
+    pub fn serialize<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&p.to_string_lossy())
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: serde::Serializer>(
+            p: &Option<PathBuf>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match p {
+                Some(p) => super::serialize(p, s),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
 /// The error and its causes on one line, leaving out a cause whose text the message
 /// before it already carries (many typed errors print their source themselves).
 pub fn error_chain(e: &anyhow::Error) -> String {

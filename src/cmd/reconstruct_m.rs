@@ -116,6 +116,7 @@ pub struct Problem {
     pub kind: ProblemKind,
     pub error: bool,
     pub mailbox: Option<String>,
+    #[serde(serialize_with = "super::json_path::option::serialize")]
     pub path: Option<PathBuf>,
     pub message: String,
 }
