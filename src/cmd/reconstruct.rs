@@ -30,7 +30,9 @@ use crate::format::crc::crc32;
 use crate::format::header::{self, HeaderFormat, MailboxHeader};
 use crate::format::index::{self, IndexHeader, IndexRecord};
 use crate::spool::config::Config;
-use crate::spool::mailbox::{self, Changes, MailboxFiles, MessageFile, NewCache, Snapshot, Spill};
+use crate::spool::mailbox::{
+    self, Changes, DirFd, MailboxFiles, MessageFile, NewCache, Snapshot, Spill,
+};
 use crate::spool::mailbox_lock::OpenMode;
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
 use crate::spool::names::{MboxName, NameConfig};
@@ -867,6 +869,9 @@ struct Parsed {
 struct Parser<'a> {
     opts: &'a crate::mime::ParseOptions,
     spill: Arc<Spill>,
+    /// The data directory, when it could be opened: message files (all from its listing) are
+    /// opened relative to it.
+    dir: Option<DirFd>,
     done: HashMap<ParseKey, Parsed>,
     buf: Vec<u8>,
 }
@@ -876,21 +881,45 @@ fn parse_key(f: &MessageFile) -> ParseKey {
 }
 
 impl Parser<'_> {
-    /// Reads (one read into `buf`, reused), parses and hashes one file, and spills its cache
-    /// entry.
+    /// Reads (into `buf`, reused: it only grows, so its bytes are zeroed once), parses and
+    /// hashes one file, and spills its cache entry. The file is opened relative to the data
+    /// directory and read to its end without the `fstat` of `read_to_end`: its size is known
+    /// from the listing (only as a hint: the bytes read are what count).
     fn parse_file(
         opts: &crate::mime::ParseOptions,
         spill: &Spill,
+        dir: Option<&DirFd>,
         f: &MessageFile,
         buf: &mut Vec<u8>,
     ) -> std::io::Result<Parsed> {
         use std::io::Read;
         let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-        buf.clear();
-        let mut file = std::fs::File::open(&f.path)?;
-        buf.reserve(usize::try_from(f.size).unwrap_or(0).saturating_add(1));
-        file.read_to_end(buf)?;
-        let msg = crate::mime::message::parse_message(buf, opts)
+        let mut file = match (dir, f.path.file_name()) {
+            (Some(d), Some(name)) => d.open_file(name)?,
+            _ => std::fs::File::open(&f.path)?,
+        };
+        let want = usize::try_from(f.size).unwrap_or(0).saturating_add(1);
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let mut len = 0usize;
+        loop {
+            if len == buf.len() {
+                buf.resize(buf.len().saturating_mul(2).max(64 * 1024), 0);
+            }
+            let n = match file.read(buf.get_mut(len..).unwrap_or_default()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                break;
+            }
+            len += n;
+        }
+        drop(file);
+        let data = buf.get(..len).unwrap_or_default();
+        let msg = crate::mime::message::parse_message(data, opts)
             .map_err(|e| invalid(format!("failed to parse: {e}")))?;
         let items: [&[u8]; NUM_CACHE_FIELDS] = std::array::from_fn(|i| msg.items[i].as_slice());
         let entry = cache::write_entry(&items).map_err(|e| invalid(e.to_string()))?;
@@ -916,11 +945,11 @@ impl Parser<'_> {
             .copied()
             .filter(|f| !self.done.contains_key(&parse_key(f)))
             .collect();
-        let (opts, spill) = (self.opts, &*self.spill);
+        let (opts, spill, dir) = (self.opts, &*self.spill, self.dir.as_ref());
         let parsed: Vec<Option<Parsed>> = todo
             .par_iter()
             .map_init(Vec::new, |buf, f| {
-                Self::parse_file(opts, spill, f, buf).ok()
+                Self::parse_file(opts, spill, dir, f, buf).ok()
             })
             .collect();
         for (f, p) in todo.iter().zip(parsed) {
@@ -935,7 +964,7 @@ impl Parser<'_> {
         if let Some(p) = self.done.get(&key) {
             return Ok(*p);
         }
-        let p = Self::parse_file(self.opts, &self.spill, f, &mut self.buf)?;
+        let p = Self::parse_file(self.opts, &self.spill, self.dir.as_ref(), f, &mut self.buf)?;
         self.done.insert(key, p);
         Ok(p)
     }
@@ -995,6 +1024,7 @@ impl Env<'_> {
         let mut parse = Parser {
             opts: &self.opts.parse,
             spill: Arc::new(spill),
+            dir: DirFd::open(&files.data_dir).ok(),
             done: HashMap::new(),
             buf: Vec::new(),
         };
