@@ -876,21 +876,27 @@ struct Parser<'a> {
     buf: Vec<u8>,
 }
 
+/// Files parsed by one task of [`Parser::prefetch`]; their entries (a few hundred KB) are
+/// spilled with one write.
+const PREFETCH_CHUNK: usize = 256;
+
 fn parse_key(f: &MessageFile) -> ParseKey {
     (f.dev, f.ino, f.size, f.mtime)
 }
 
 impl Parser<'_> {
     /// Reads (into `buf`, reused: it only grows, so its bytes are zeroed once), parses and
-    /// hashes one file, and spills its cache entry. The file is opened relative to the data
-    /// directory and read to its end without the `fstat` of `read_to_end`: its size is known
-    /// from the listing (only as a hint: the bytes read are what count).
+    /// hashes one file, and appends its cache entry to `entries` (the returned `entry_off` is
+    /// its offset there; the caller spills `entries` and rebases it). The file is opened
+    /// relative to the data directory and read to its end without the `fstat` of
+    /// `read_to_end`: its size is known from the listing (only as a hint: the bytes read are
+    /// what count).
     fn parse_file(
         opts: &crate::mime::ParseOptions,
-        spill: &Spill,
         dir: Option<&DirFd>,
         f: &MessageFile,
         buf: &mut Vec<u8>,
+        entries: &mut Vec<u8>,
     ) -> std::io::Result<Parsed> {
         use std::io::Read;
         let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
@@ -923,7 +929,8 @@ impl Parser<'_> {
             .map_err(|e| invalid(format!("failed to parse: {e}")))?;
         let items: [&[u8]; NUM_CACHE_FIELDS] = std::array::from_fn(|i| msg.items[i].as_slice());
         let entry = cache::write_entry(&items).map_err(|e| invalid(e.to_string()))?;
-        let entry_off = spill.append(&entry)?;
+        let entry_off = entries.len() as u64;
+        entries.extend_from_slice(&entry);
         Ok(Parsed {
             guid: msg.guid,
             size: msg.size,
@@ -936,8 +943,12 @@ impl Parser<'_> {
         })
     }
 
-    /// Parses `files` in parallel (those not parsed already). Failures are not kept: the
-    /// plan meets them again through [`Parser::parse`], which reports them.
+    /// Parses `files` in parallel (those not parsed already), in runs of
+    /// [`PREFETCH_CHUNK`] consecutive files whose entries are spilled with one write: a run's
+    /// entries lie in the spill in the order of `files` (the order the plan pushes them), so
+    /// the new cache is copied from the spill in long ranges, not one range per message.
+    /// Failures are not kept: the plan meets them again through [`Parser::parse`], which
+    /// reports them.
     fn prefetch(&mut self, files: &[&MessageFile]) {
         use rayon::prelude::*;
         let todo: Vec<&MessageFile> = files
@@ -946,13 +957,25 @@ impl Parser<'_> {
             .filter(|f| !self.done.contains_key(&parse_key(f)))
             .collect();
         let (opts, spill, dir) = (self.opts, &*self.spill, self.dir.as_ref());
-        let parsed: Vec<Option<Parsed>> = todo
-            .par_iter()
-            .map_init(Vec::new, |buf, f| {
-                Self::parse_file(opts, spill, dir, f, buf).ok()
+        let parsed: Vec<Vec<Option<Parsed>>> = todo
+            .par_chunks(PREFETCH_CHUNK)
+            .map_init(Vec::new, |buf, chunk| {
+                let mut entries = Vec::new();
+                let mut ps: Vec<Option<Parsed>> = chunk
+                    .iter()
+                    .map(|f| Self::parse_file(opts, dir, f, buf, &mut entries).ok())
+                    .collect();
+                match spill.append(&entries) {
+                    Ok(base) => ps
+                        .iter_mut()
+                        .flatten()
+                        .for_each(|p| p.entry_off = p.entry_off.saturating_add(base)),
+                    Err(_) => ps.iter_mut().for_each(|p| *p = None),
+                }
+                ps
             })
             .collect();
-        for (f, p) in todo.iter().zip(parsed) {
+        for (f, p) in todo.iter().zip(parsed.into_iter().flatten()) {
             if let Some(p) = p {
                 self.done.insert(parse_key(f), p);
             }
@@ -964,7 +987,9 @@ impl Parser<'_> {
         if let Some(p) = self.done.get(&key) {
             return Ok(*p);
         }
-        let p = Self::parse_file(self.opts, &self.spill, self.dir.as_ref(), f, &mut self.buf)?;
+        let mut entry = Vec::new();
+        let mut p = Self::parse_file(self.opts, self.dir.as_ref(), f, &mut self.buf, &mut entry)?;
+        p.entry_off = self.spill.append(&entry)?;
         self.done.insert(key, p);
         Ok(p)
     }
