@@ -387,23 +387,25 @@ impl Spill {
         }
     }
 
-    /// Copies `len` bytes at `off` to `out`.
-    fn copy_to(&self, off: u64, len: u64, out: &mut impl Write, buf: &mut [u8]) -> io::Result<()> {
+    /// Copies `len` bytes at `off` to `out` (at its position). From a spill file this is
+    /// `copy_file_range` (std's `io::copy` between files): the kernel copies the pages, they
+    /// do not pass through a buffer here.
+    fn copy_to(&self, off: u64, len: u64, mut out: &File) -> io::Result<()> {
+        use std::io::{Seek, SeekFrom};
         let end = off
             .checked_add(len)
             .filter(|&e| e <= self.len.load(Ordering::SeqCst))
             .ok_or_else(|| io::Error::other("cache entry range outside the spill"))?;
         match &self.store {
             SpillStore::File(f) => {
-                let mut at = off;
-                while at < end {
-                    let n = usize::try_from(end - at)
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len());
-                    let chunk = buf.get_mut(..n).unwrap_or_default();
-                    f.read_exact_at(chunk, at)?;
-                    out.write_all(chunk)?;
-                    at += n as u64;
+                let mut src = f;
+                src.seek(SeekFrom::Start(off))?;
+                let n = io::copy(&mut src.take(len), &mut out)?;
+                if n != len {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("spill holds {n} of {len} bytes at {off}"),
+                    ));
                 }
                 Ok(())
             }
@@ -471,12 +473,11 @@ impl NewCache {
         }
     }
 
-    /// Writes the whole file to `out`.
-    pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+    /// Writes the whole file to `out`, from its position.
+    pub fn write_to(&self, mut out: &File) -> io::Result<()> {
         out.write_all(&self.prefix)?;
-        let mut buf = vec![0u8; 1 << 20];
         for &(off, len) in &self.ranges {
-            self.spill.copy_to(off, len, out, &mut buf)?;
+            self.spill.copy_to(off, len, out)?;
         }
         Ok(())
     }
@@ -600,12 +601,7 @@ fn replace_streamed(path: &Path, cache: &NewCache) -> Result<(), CommitError> {
             )
             .map_err(|e| cerr(&tmp, "cannot set owner/mode")(io::Error::from(e)))?;
         }
-        let mut w = io::BufWriter::with_capacity(1 << 20, &f);
-        cache
-            .write_to(&mut w)
-            .and_then(|()| w.flush())
-            .map_err(cerr(&tmp, "cannot write"))?;
-        drop(w);
+        cache.write_to(&f).map_err(cerr(&tmp, "cannot write"))?;
         crash_point("write");
         f.sync_all().map_err(cerr(&tmp, "cannot fsync"))?;
         crash_point("fsync");
@@ -674,12 +670,12 @@ mod tests {
             nc.push(a, 4);
             assert_eq!(nc.ranges, vec![(4, 10), (0, 4)]);
             assert_eq!(nc.len(), 18);
-            let mut out = Vec::new();
-            nc.write_to(&mut out).unwrap();
-            assert_eq!(out, b"old!BBBBBBBBCCAAAA");
+            let out = tempfile::tempfile().unwrap();
+            nc.write_to(&out).unwrap();
+            assert_eq!(read_all(&out), b"old!BBBBBBBBCCAAAA");
             // A range the spill does not hold is an error, not a short file.
             nc.push(100, 4);
-            assert!(nc.write_to(&mut Vec::new()).is_err());
+            assert!(nc.write_to(&tempfile::tempfile().unwrap()).is_err());
         }
         // An unnamed spill leaves nothing in the directory.
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
@@ -692,7 +688,15 @@ mod tests {
         assert_eq!(spill.append(b"w").unwrap(), 3);
         let mut nc = NewCache::new(Vec::new(), spill);
         nc.push(0, 4);
-        assert!(nc.write_to(&mut Vec::new()).is_err());
+        assert!(nc.write_to(&tempfile::tempfile().unwrap()).is_err());
+    }
+
+    fn read_all(mut f: &File) -> Vec<u8> {
+        use std::io::{Seek, SeekFrom};
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut v = Vec::new();
+        f.read_to_end(&mut v).unwrap();
+        v
     }
 
     #[test]
