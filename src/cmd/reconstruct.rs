@@ -929,8 +929,15 @@ impl Parser<'_> {
     ) -> std::io::Result<Parsed> {
         use std::io::Read;
         let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-        let mut file = match (dir, f.path.file_name()) {
-            (Some(d), Some(name)) => d.open_file(name)?,
+        // The last component, without `Path::file_name`'s component parsing: the path is the
+        // data directory joined with a listed entry name, which has no `/`.
+        let name = {
+            use std::os::unix::ffi::OsStrExt;
+            let b = f.path.as_os_str().as_bytes();
+            std::ffi::OsStr::from_bytes(b.rsplit(|&c| c == b'/').next().unwrap_or(b))
+        };
+        let mut file = match dir {
+            Some(d) if !name.is_empty() => d.open_file(name)?,
             _ => std::fs::File::open(&f.path)?,
         };
         let want = usize::try_from(f.size).unwrap_or(0).saturating_add(1);

@@ -196,13 +196,19 @@ pub fn list_dir(dir: &Path) -> io::Result<DirListing> {
         names.push(name);
     }
     // An entry that vanished meanwhile is ignored.
-    let stats: Vec<Option<nix::sys::stat::FileStat>> =
-        names.par_iter().map(|n| dfd.stat(n).ok()).collect();
+    // Only the fields kept (a `FileStat` is 144 bytes; 100 000s of them add up).
+    let stats: Vec<Option<(libc::mode_t, i64, i64, u64, u64)>> = names
+        .par_iter()
+        .map(|n| {
+            let st = dfd.stat(n).ok()?;
+            Some((st.st_mode, st.st_size, st.st_mtime, st.st_dev, st.st_ino))
+        })
+        .collect();
     for (name, st) in names.into_iter().zip(stats) {
-        let Some(st) = st else {
+        let Some((mode, size, mtime, dev, ino)) = st else {
             continue;
         };
-        let fmt = st.st_mode & libc::S_IFMT;
+        let fmt = mode & libc::S_IFMT;
         if fmt == libc::S_IFDIR {
             continue; // child mailboxes (legacy layout)
         }
@@ -214,10 +220,10 @@ pub fn list_dir(dir: &Path) -> io::Result<DirListing> {
                     MessageFile {
                         uid,
                         path,
-                        size: u64::try_from(st.st_size).unwrap_or(0),
-                        mtime: st.st_mtime,
-                        dev: st.st_dev,
-                        ino: st.st_ino,
+                        size: u64::try_from(size).unwrap_or(0),
+                        mtime,
+                        dev,
+                        ino,
                     },
                 );
             }
