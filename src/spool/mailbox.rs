@@ -174,6 +174,9 @@ impl DirFd {
     }
 }
 
+/// What [`list_dir`] keeps of an entry's `stat`: mode, size, mtime, dev, ino.
+type EntryStat = (libc::mode_t, i64, i64, u64, u64);
+
 /// Lists a data directory as Cyrus's reconstruct walks it; a missing directory is empty.
 /// The entries are stat'ed relative to the directory, in parallel on the current rayon pool
 /// (a big mailbox has 100 000s of them, and this runs twice per repair: before and under the
@@ -197,7 +200,7 @@ pub fn list_dir(dir: &Path) -> io::Result<DirListing> {
     }
     // An entry that vanished meanwhile is ignored.
     // Only the fields kept (a `FileStat` is 144 bytes; 100 000s of them add up).
-    let stats: Vec<Option<(libc::mode_t, i64, i64, u64, u64)>> = names
+    let stats: Vec<Option<EntryStat>> = names
         .par_iter()
         .map(|n| {
             let st = dfd.stat(n).ok()?;
