@@ -85,7 +85,7 @@ fn is_cached(line: &[u8]) -> bool {
 pub(crate) fn field_end(block: &[u8], start: usize) -> usize {
     let mut from = start + 1;
     while from < block.len() {
-        match block[from..].iter().position(|&b| b == b'\n') {
+        match super::message::memchr(b'\n', &block[from..]) {
             Some(off) => {
                 let lf = from + off;
                 if matches!(block.get(lf + 1), Some(b' ' | b'\t')) {
@@ -128,7 +128,7 @@ pub fn cached_headers(header_block: &[u8], maxheaderlines: usize) -> Vec<u8> {
             out.extend_from_slice(&block[start..stop]);
             out.extend_from_slice(b"\r\n");
         }
-        line_start = line.iter().position(|&b| b == b'\n').map(|p| start + p + 1);
+        line_start = super::message::memchr(b'\n', line).map(|p| start + p + 1);
         k += 1;
     }
     out

@@ -257,8 +257,30 @@ fn field_end(s: &[u8], v: usize) -> usize {
     s.len()
 }
 
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+/// The first `needle` in `hay`. Eight bytes at a time (a word has a byte equal to `needle`
+/// iff `x = word ^ needle*0x01..01` has a zero byte, which `(x - 0x01..01) & !x & 0x80..80`
+/// detects): message bodies are scanned line by line, and a byte loop was a visible part of
+/// reconstruct's time.
+pub(crate) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pat = LO.wrapping_mul(u64::from(needle));
+    let mut chunks = hay.chunks_exact(8);
+    let mut base = 0usize;
+    for c in &mut chunks {
+        let Ok(bytes) = <[u8; 8]>::try_from(c) else {
+            break;
+        };
+        let x = u64::from_le_bytes(bytes) ^ pat;
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            return c.iter().position(|&b| b == needle).map(|i| base + i);
+        }
+        base += 8;
+    }
+    hay.get(base..)?
+        .iter()
+        .position(|&b| b == needle)
+        .map(|i| base + i)
 }
 
 fn c_strlen(s: &[u8]) -> usize {
@@ -784,6 +806,26 @@ pub fn parse_message(data: &[u8], opts: &ParseOptions) -> Result<ParsedMessage, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memchr_finds_the_first_needle_at_every_alignment() {
+        let mut hay: Vec<u8> = (0..200u32).map(|i| (i * 7 % 251) as u8 | 1).collect();
+        for needle in [b'\n', 0u8, 0x80, 0xff] {
+            assert_eq!(memchr(needle, &hay), hay.iter().position(|&b| b == needle));
+        }
+        for at in 0..hay.len() {
+            let old = hay[at];
+            hay[at] = b'\n';
+            for from in 0..at.min(17) + 1 {
+                let want = hay[from..].iter().position(|&b| b == b'\n');
+                assert_eq!(memchr(b'\n', &hay[from..]), want, "at {at} from {from}");
+            }
+            hay[at] = old;
+        }
+        assert_eq!(memchr(b'x', b""), None);
+        assert_eq!(memchr(b'x', b"abcdefgx"), Some(7));
+        assert_eq!(memchr(b'x', b"abcdefghx"), Some(8));
+    }
 
     fn tree(s: &[u8]) -> Tree<'_> {
         parse_tree(s, &ParseOptions::default()).unwrap()
