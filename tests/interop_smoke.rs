@@ -98,59 +98,7 @@ fn fixtures_round_trip_through_real_cyrus() {
                 .unwrap();
         let boxes = expected["mailboxes"].as_array().unwrap();
         assert!(boxes.len() >= 10, "{name}: {} mailboxes", boxes.len());
-        for mb in boxes {
-            let (Some(login), Some(view)) = (mb["login"].as_str(), mb["examined_as"].as_str())
-            else {
-                panic!("{name}: malformed entry {mb}");
-            };
-            let Some(want) = mb["messages"].as_array() else {
-                continue; // delayed-delete mailbox: STATUS only
-            };
-            let mut c = cy.imap_login(login).unwrap();
-            let st = c.examine_status(view).unwrap();
-            assert_eq!(
-                Some(st.uidvalidity),
-                mb["uidvalidity"].as_u64(),
-                "{name} {view}"
-            );
-            assert_eq!(Some(st.uidnext), mb["uidnext"].as_u64(), "{name} {view}");
-            assert_eq!(
-                Some(st.highestmodseq),
-                mb["highestmodseq"].as_u64(),
-                "{name} {view}"
-            );
-            assert_eq!(
-                mb["mailboxid"].as_str(),
-                Some(st.mailboxid.as_str()),
-                "{name} {view}"
-            );
-            let got = c.fetch_summary().unwrap();
-            assert_eq!(got.len(), want.len(), "{name} {view}");
-            for (g, w) in got.iter().zip(want) {
-                let flags: Vec<&str> = g
-                    .flags
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|f| *f != "\\Recent")
-                    .collect();
-                let want_flags: Vec<&str> = w["flags"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .filter_map(|f| f.as_str())
-                    .collect();
-                assert_eq!(Some(g.uid), w["uid"].as_u64(), "{name} {view}");
-                assert_eq!(flags, want_flags, "{name} {view} uid {}", g.uid);
-                assert_eq!(
-                    Some(g.size),
-                    w["size"].as_u64(),
-                    "{name} {view} uid {}",
-                    g.uid
-                );
-                assert_eq!(w["internaldate"].as_str(), Some(g.internaldate.as_str()));
-            }
-            c.logout().unwrap();
-        }
+        support::cyrus::assert_imap_as_recorded(&cy, &src, name);
         cy.stop().unwrap();
         let recon = cy.run_tool("reconstruct", &["-n"]).unwrap();
         let want = std::fs::read(src.join("expected/reconstruct-n.txt")).unwrap();

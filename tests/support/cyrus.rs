@@ -1370,3 +1370,54 @@ pub fn inode(path: &Path) -> io::Result<(u64, u64)> {
     let m = fs::metadata(path)?;
     Ok((m.dev(), m.ino()))
 }
+
+/// Cyrus serves every mailbox as `expected/imap.json` recorded.
+pub fn assert_imap_as_recorded(cy: &CyrusInstance, src: &Path, what: &str) {
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("expected/imap.json")).unwrap()).unwrap();
+    for mb in expected["mailboxes"].as_array().unwrap() {
+        let (login, view) = (
+            mb["login"].as_str().unwrap(),
+            mb["examined_as"].as_str().unwrap(),
+        );
+        let Some(want) = mb["messages"].as_array() else {
+            continue;
+        };
+        let mut c = cy.imap_login(login).unwrap();
+        let st = c.examine_status(view).unwrap();
+        let ctx = format!("{what} {view}");
+        assert_eq!(Some(st.uidvalidity), mb["uidvalidity"].as_u64(), "{ctx}");
+        assert_eq!(Some(st.uidnext), mb["uidnext"].as_u64(), "{ctx}");
+        assert_eq!(
+            Some(st.highestmodseq),
+            mb["highestmodseq"].as_u64(),
+            "{ctx}"
+        );
+        assert_eq!(
+            mb["mailboxid"].as_str(),
+            Some(st.mailboxid.as_str()),
+            "{ctx}"
+        );
+        let got = c.fetch_summary().unwrap();
+        assert_eq!(got.len(), want.len(), "{ctx}");
+        for (g, w) in got.iter().zip(want) {
+            let flags: Vec<&str> = g
+                .flags
+                .iter()
+                .map(String::as_str)
+                .filter(|f| *f != "\\Recent")
+                .collect();
+            let want_flags: Vec<&str> = w["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|f| f.as_str())
+                .collect();
+            assert_eq!(Some(g.uid), w["uid"].as_u64(), "{ctx}");
+            assert_eq!(flags, want_flags, "{ctx} uid {}", g.uid);
+            assert_eq!(Some(g.size), w["size"].as_u64(), "{ctx} uid {}", g.uid);
+            assert_eq!(w["internaldate"].as_str(), Some(g.internaldate.as_str()));
+        }
+        c.logout().unwrap();
+    }
+}
