@@ -13,7 +13,7 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::cli::{self, fixture_src, Run};
-use support::cyrus::{copy_tree, crlf, require_cyrus, CyrusInstance, CyrusOptions};
+use support::cyrus::{crlf, require_cyrus, CyrusInstance, CyrusOptions};
 
 // ---------------------------------------------------------------------------------------------
 // Running the binary
@@ -35,12 +35,7 @@ struct Store {
 
 impl Store {
     fn new(fixture: &str) -> Store {
-        let tmp = tempfile::Builder::new()
-            .prefix("cyrkit-dedupe-")
-            .tempdir()
-            .expect("tempdir");
-        let root = tmp.path().join(fixture);
-        copy_tree(&fixture_src(fixture), &root).expect("copy fixture");
+        let (tmp, root) = cli::fixture_copy(fixture, "cyrkit-dedupe-");
         Store { _tmp: tmp, root }
     }
     fn conf(&self) -> PathBuf {

@@ -206,12 +206,7 @@ struct Store {
 
 impl Store {
     fn new(fixture: &'static str) -> Store {
-        let tmp = tempfile::Builder::new()
-            .prefix("cyrkit-mbcheck-")
-            .tempdir()
-            .expect("tempdir");
-        let root = tmp.path().join(fixture);
-        copy_tree(&fixture_src(fixture), &root).expect("copy fixture");
+        let (tmp, root) = cli::fixture_copy(fixture, "cyrkit-mbcheck-");
         Store {
             _tmp: tmp,
             root,

@@ -17,9 +17,9 @@ use cyrkit::format::cyrusdb::{Backend, KeyOrder};
 use cyrkit::format::quota::{self, Resource};
 use cyrkit::format::{header, index, twoskip};
 use serde_json::Value;
-use support::cli::{self, fixture_src, Run};
+use support::cli::{self, Run};
 use support::cyrus::{
-    chown_cyrus, copy_tree, crlf, quote, require_cyrus, run_cyrus_tool, CyrusInstance, CyrusOptions,
+    chown_cyrus, crlf, quote, require_cyrus, run_cyrus_tool, CyrusInstance, CyrusOptions,
 };
 
 fn cyrkit(conf: &Path, args: &[&str]) -> Run {
@@ -34,13 +34,7 @@ struct Store {
 
 impl Store {
     fn new(fixture: &str) -> Store {
-        let tmp = tempfile::Builder::new()
-            .prefix("cyrkit-quota-")
-            .tempdir()
-            .expect("tempdir");
-        let root = tmp.path().join(fixture);
-        let src = fixture_src(fixture);
-        copy_tree(&src, &root).expect("copy fixture");
+        let (tmp, root) = cli::fixture_copy(fixture, "cyrkit-quota-");
         std::fs::set_permissions(
             tmp.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),

@@ -15,7 +15,7 @@ use cyrkit::format::cyrusdb::Backend;
 use cyrkit::format::index::{self, IndexHeader, IndexRecord};
 use serde_json::Value;
 use support::cli::{self, fixture_src, Run};
-use support::cyrus::{copy_tree, require_cyrus, CyrusInstance};
+use support::cyrus::{require_cyrus, CyrusInstance};
 
 // ---------------------------------------------------------------------------------------------
 // Running the binary
@@ -34,12 +34,7 @@ struct Store {
 
 impl Store {
     fn new(fixture: &str) -> Store {
-        let tmp = tempfile::Builder::new()
-            .prefix("cyrkit-reconstruct-")
-            .tempdir()
-            .expect("tempdir");
-        let root = tmp.path().join(fixture);
-        copy_tree(&fixture_src(fixture), &root).expect("copy fixture");
+        let (tmp, root) = cli::fixture_copy(fixture, "cyrkit-reconstruct-");
         Store { _tmp: tmp, root }
     }
 

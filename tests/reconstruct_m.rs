@@ -48,12 +48,7 @@ struct Store {
 
 impl Store {
     fn new(fixture: &str) -> Store {
-        let tmp = tempfile::Builder::new()
-            .prefix("cyrkit-recm-")
-            .tempdir()
-            .expect("tempdir");
-        let root = tmp.path().join(fixture);
-        copy_tree(&fixture_src(fixture), &root).expect("copy fixture");
+        let (tmp, root) = cli::fixture_copy(fixture, "cyrkit-recm-");
         let backend = if fixture == "uuid" {
             Backend::Skiplist
         } else {

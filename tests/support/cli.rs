@@ -65,3 +65,15 @@ pub fn fixture_src(name: &str) -> PathBuf {
         .join("fixtures")
         .join(name)
 }
+
+/// A private copy of fixture `name` in a fresh temporary directory (named `prefix…`): the
+/// directory guard (the copy goes when it is dropped) and the copy's root.
+pub fn fixture_copy(name: &str, prefix: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("tempdir");
+    let root = tmp.path().join(name);
+    super::cyrus::copy_tree(&fixture_src(name), &root).expect("copy fixture");
+    (tmp, root)
+}
