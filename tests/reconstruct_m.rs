@@ -311,12 +311,7 @@ fn legacy_missing_header_is_named_from_its_path() {
     let r = s.run(&["--json"]);
     assert_eq!(r.code, 0, "{}", r.describe());
     let j = r.json();
-    let p = j["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["kind"] == "header-missing")
-        .unwrap_or_else(|| panic!("{j}"));
+    let p = problem(&j, "header-missing");
     assert_eq!(p["mailbox"], "user.alice.Sent");
     let e = &s.entries()[&b"Nuser\x1falice\x1fSent".to_vec()];
     assert_eq!(e.partition.as_deref(), Some(&b"default"[..]));
@@ -338,12 +333,7 @@ fn uuid_missing_header_is_reported_and_left_out() {
     let r = s.run(&["--json"]);
     assert_eq!(r.code, 3, "{}", r.describe());
     let j = r.json();
-    let p = j["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["kind"] == "no-name")
-        .unwrap_or_else(|| panic!("{j}"));
+    let p = problem(&j, "no-name");
     assert_eq!(p["path"].as_str(), Some(dir.to_str().unwrap()));
     assert!(p["message"]
         .as_str()
@@ -371,12 +361,7 @@ fn two_directories_with_one_unique_id_keep_the_newer_index() {
     let r = s.run(&["--json"]);
     assert_eq!(r.code, 3, "{}", r.describe());
     let j = r.json();
-    let p = j["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["kind"] == "duplicate-uniqueid")
-        .unwrap_or_else(|| panic!("{j}"));
+    let p = problem(&j, "duplicate-uniqueid");
     assert_eq!(p["mailbox"], "user.bob.Copy");
     assert_eq!(p["path"].as_str(), Some(copy.to_str().unwrap()));
     let e = s.entries();
@@ -648,4 +633,14 @@ fn partition_option_keeps_other_partitions_and_needs_a_database() {
     let r = s.run(&["-p", "other"]);
     assert_eq!(r.code, 2, "{}", r.describe());
     assert!(!s.db().exists(), "nothing written");
+}
+
+/// The first problem of `kind` in a `--json` document.
+fn problem<'a>(j: &'a Value, kind: &str) -> &'a Value {
+    j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} problem in {j}"))
 }

@@ -310,21 +310,15 @@ fn print_human(r: &Report<'_>, quiet: bool) {
         eprintln!("cyrkit: {line}");
     }
     if r.dry_run {
-        for d in &r.difference.added {
-            println!(
-                "+ {} {}: {}",
-                d.family,
-                d.key,
-                d.value.as_deref().unwrap_or("")
-            );
-        }
-        for d in &r.difference.removed {
-            println!(
-                "- {} {}: {}",
-                d.family,
-                d.key,
-                d.value.as_deref().unwrap_or("")
-            );
+        for (sign, list) in [("+", &r.difference.added), ("-", &r.difference.removed)] {
+            for d in list {
+                println!(
+                    "{sign} {} {}: {}",
+                    d.family,
+                    d.key,
+                    d.value.as_deref().unwrap_or("")
+                );
+            }
         }
         for d in &r.difference.changed {
             let fields: Vec<String> = d
