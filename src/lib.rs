@@ -9,10 +9,12 @@
 //! - [`spool`]: imapd.conf, mailbox names ↔ paths, Cyrus's lock protocol, atomic
 //!   replacement of metadata files, walking partitions.
 //! - [`cmd`]: one module per subcommand; orchestrates spool + format and owns output.
+//! - [`server`]: `cyrkit serve`: listeners, the session channel, TLS, LMTP and POP3.
 //! - [`ui`]: progress bars and tables.
 
 pub mod cmd;
 pub mod format;
 pub mod mime;
+pub mod server;
 pub mod spool;
 pub mod ui;

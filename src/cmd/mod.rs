@@ -12,6 +12,7 @@ pub mod mbcheck;
 pub mod quota;
 pub mod reconstruct;
 pub mod reconstruct_m;
+pub mod serve;
 
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_FINDINGS: u8 = 1;
@@ -96,6 +97,8 @@ pub enum Command {
     /// Re-link copies of one message (single-instance store) that a restore or copy broke apart
     #[command(name = "singleinstance-dedupe")]
     Dedupe(dedupe::DedupeArgs),
+    /// Run the embedded LMTP and POP3 servers over the spool
+    Serve(serve::ServeArgs),
 }
 
 /// Names under which the binary behaves as one subcommand (multi-call, like Cyrus's tools).
@@ -125,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::InstallLinks(args) => admin::install_links(&cli.common, &args),
         Command::Completions(args) => admin::completions(&args),
         Command::Dedupe(args) => dedupe::run(&cli.common, &args),
+        Command::Serve(args) => serve::run(&cli.common, &args),
     }
 }
 
