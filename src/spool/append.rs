@@ -626,11 +626,7 @@ impl MailboxWriter {
                 ),
             });
         }
-        let cache = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&files.cache)
-            .map_err(AppendError::io(&files.cache))?;
+        let cache = open_cache(&files.cache, header.generation_no)?;
         let cache_len = cache
             .metadata()
             .map_err(AppendError::io(&files.cache))?
@@ -1105,6 +1101,37 @@ impl Drop for MailboxWriter {
             }
         }
     }
+}
+
+/// Open `cyrus.cache` for appending. A mailbox that never held a message may have none
+/// (Cyrus creates it on the first append, `mailbox_append_cache`): it is then created
+/// holding just the generation number of the index, with the directory's ownership.
+fn open_cache(path: &Path, generation: u32) -> Result<File, AppendError> {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => return Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AppendError::io(path)(e)),
+    }
+    let own = crate::spool::atomic::Ownership::for_path(path).map_err(AppendError::io(path))?;
+    let f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(own.mode)
+            .open(path)
+            .map_err(AppendError::io(path))?
+    };
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::fchown(&f, Some(own.uid), Some(own.gid))
+            .map_err(AppendError::io(path))?;
+    }
+    f.write_all_at(&generation.to_be_bytes(), 0)
+        .and_then(|_| f.sync_all())
+        .map_err(AppendError::io(path))?;
+    crash_point("append-cache-create");
+    Ok(f)
 }
 
 fn read_all(file: &File, path: &Path) -> Result<Vec<u8>, AppendError> {
