@@ -98,8 +98,8 @@ fn exists_after_noop(c: &mut ImapClient) -> Option<u64> {
     let r = c.ok("NOOP").unwrap();
     let raw = String::from_utf8_lossy(&r.raw()).into_owned();
     raw.lines()
-        .filter_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
 }
 
 fn run_scenario(opts: CyrusOptions) {
@@ -256,4 +256,115 @@ fn append_uuid_layout_matches_cyrus_delivery() {
         legacy_dirs: false,
         ..CyrusOptions::default()
     });
+}
+
+/// The child of [`crash_at_every_step_leaves_a_mailbox_cyrus_opens`]: one delivery to
+/// alice (append, commit, deliver.db mark), aborted by `CYRKIT_CRASH_AT`.
+#[test]
+fn crash_child() {
+    let (Ok(conf), Ok(stage)) = (
+        std::env::var("CYRKIT_APPEND_CHILD_CONF"),
+        std::env::var("CYRKIT_APPEND_CHILD_STAGE"),
+    ) else {
+        return;
+    };
+    let config = Config::load(Path::new(&conf)).unwrap();
+    let ctx = SpoolContext::open(Arc::new(config)).unwrap();
+    let msg = StagedMessage::from_file_with(Path::new(&stage), 1_683_015_072, ctx.parse_options())
+        .unwrap();
+    let mut w = MailboxWriter::open(&ctx, b"user.alice").unwrap();
+    let uid = w.append(&msg, 0).unwrap();
+    let uniqueid = w.uniqueid().to_string();
+    w.commit().unwrap();
+    let (id, date) = (
+        msg.message_id.clone().unwrap(),
+        msg.date_header.clone().unwrap(),
+    );
+    deliver_db::mark(&ctx, &id, &uniqueid, &date, uid).unwrap();
+}
+
+#[test]
+fn crash_at_every_step_leaves_a_mailbox_cyrus_opens() {
+    if !require_cyrus() {
+        return;
+    }
+    let mut cy = CyrusInstance::start(&CyrusOptions::default()).unwrap();
+    let mut admin = cy.imap_admin().unwrap();
+    admin.create("user.alice").unwrap();
+    admin
+        .setquota("user.alice", &[("STORAGE", 100000)])
+        .unwrap();
+    admin.logout().unwrap();
+    let ctx = ctx(&cy);
+    let sp = stage(&ctx, "crash-stage", MESSAGE.as_bytes());
+    let mut exists = 0u64;
+    let mut completed = false;
+    let mut steps = 0;
+    for n in 1..100u32 {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env("CYRKIT_APPEND_CHILD_CONF", cy.conf_path())
+            .env("CYRKIT_APPEND_CHILD_STAGE", &sp)
+            .env("CYRKIT_CRASH_AT", n.to_string())
+            .output()
+            .unwrap();
+        // Cyrus opens the mailbox and serves every message it lists, intact.
+        let mut c = cy.imap_login("alice").unwrap();
+        let sel = c.select("INBOX").unwrap();
+        let raw = String::from_utf8_lossy(&sel.raw()).into_owned();
+        let now: u64 = raw
+            .lines()
+            .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
+            .unwrap_or_else(|| panic!("step {n}: no EXISTS in {raw}"));
+        assert!(
+            now == exists || now == exists + 1,
+            "step {n}: {exists} -> {now}"
+        );
+        exists = now;
+        for seq in 1..=now {
+            let body = c.fetch(&seq.to_string(), "BODY.PEEK[]").unwrap();
+            let body = String::from_utf8_lossy(&body).into_owned();
+            assert!(
+                body.contains("AAECAwQ="),
+                "step {n}: message {seq} not served:\n{body}"
+            );
+        }
+        c.logout().unwrap();
+        // Cyrus's reconstruct may only want to adopt the file of an uncommitted append.
+        let rec = reconstruct_n(&cy, "user.alice");
+        let orphan = format!("user.alice uid {} found - adding", exists + 1);
+        for line in rec.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                line == "user.alice" || line == orphan,
+                "step {n}: reconstruct -n says:\n{rec}"
+            );
+        }
+        // Quota may count an append whose header never made it, never miss one.
+        let (used, _) = quota_used(&cy, "user.alice");
+        assert!(
+            used >= exists * MESSAGE.len() as u64,
+            "step {n}: quota {used} < {exists} messages"
+        );
+        if out.status.success() {
+            completed = true;
+            steps = n;
+            break;
+        }
+    }
+    assert!(completed, "the child never ran to its end");
+    assert!(steps > 10, "only {steps} crash points on the append path");
+    // Every run either committed its message or left nothing Cyrus serves; the last one
+    // committed, and its deliver.db mark is there.
+    assert!(exists >= 1);
+    let msg = StagedMessage::from_file(&sp, 0).unwrap();
+    let w = MailboxWriter::open(&ctx, b"user.alice").unwrap();
+    assert!(deliver_db::seen(
+        &ctx,
+        msg.message_id.as_deref().unwrap(),
+        w.uniqueid(),
+        msg.date_header.as_deref().unwrap()
+    )
+    .unwrap());
+    drop(w);
+    cy.stop().unwrap();
 }
