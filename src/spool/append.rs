@@ -101,7 +101,8 @@ pub enum AppendError {
 }
 
 impl AppendError {
-    fn io(path: &Path) -> impl FnOnce(io::Error) -> AppendError + '_ {
+    /// An I/O error at `path`: [`AppendError::NoSpace`] for ENOSPC/EDQUOT, else `Io`.
+    pub(crate) fn io(path: &Path) -> impl Fn(io::Error) -> AppendError + '_ {
         move |source| {
             let path = path.to_path_buf();
             match source.raw_os_error() {
@@ -1134,7 +1135,8 @@ fn open_cache(path: &Path, generation: u32) -> Result<File, AppendError> {
     Ok(f)
 }
 
-fn read_all(file: &File, path: &Path) -> Result<Vec<u8>, AppendError> {
+/// The whole of an open file.
+pub(crate) fn read_all(file: &File, path: &Path) -> Result<Vec<u8>, AppendError> {
     let len = file.metadata().map_err(AppendError::io(path))?.len();
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
     file.read_exact_at(&mut buf, 0)
