@@ -101,7 +101,8 @@ pub enum AppendError {
 }
 
 impl AppendError {
-    fn io(path: &Path) -> impl FnOnce(io::Error) -> AppendError + '_ {
+    /// An I/O error at `path`: [`AppendError::NoSpace`] for ENOSPC/EDQUOT, else `Io`.
+    pub(crate) fn io(path: &Path) -> impl Fn(io::Error) -> AppendError + '_ {
         move |source| {
             let path = path.to_path_buf();
             match source.raw_os_error() {
@@ -626,11 +627,7 @@ impl MailboxWriter {
                 ),
             });
         }
-        let cache = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&files.cache)
-            .map_err(AppendError::io(&files.cache))?;
+        let cache = open_cache(&files.cache, header.generation_no)?;
         let cache_len = cache
             .metadata()
             .map_err(AppendError::io(&files.cache))?
@@ -1107,7 +1104,39 @@ impl Drop for MailboxWriter {
     }
 }
 
-fn read_all(file: &File, path: &Path) -> Result<Vec<u8>, AppendError> {
+/// Open `cyrus.cache` for appending. A mailbox that never held a message may have none
+/// (Cyrus creates it on the first append, `mailbox_append_cache`): it is then created
+/// holding just the generation number of the index, with the directory's ownership.
+fn open_cache(path: &Path, generation: u32) -> Result<File, AppendError> {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => return Ok(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(AppendError::io(path)(e)),
+    }
+    let own = crate::spool::atomic::Ownership::for_path(path).map_err(AppendError::io(path))?;
+    let f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(own.mode)
+            .open(path)
+            .map_err(AppendError::io(path))?
+    };
+    if nix::unistd::geteuid().is_root() {
+        std::os::unix::fs::fchown(&f, Some(own.uid), Some(own.gid))
+            .map_err(AppendError::io(path))?;
+    }
+    f.write_all_at(&generation.to_be_bytes(), 0)
+        .and_then(|_| f.sync_all())
+        .map_err(AppendError::io(path))?;
+    crash_point("append-cache-create");
+    Ok(f)
+}
+
+/// The whole of an open file.
+pub(crate) fn read_all(file: &File, path: &Path) -> Result<Vec<u8>, AppendError> {
     let len = file.metadata().map_err(AppendError::io(path))?.len();
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
     file.read_exact_at(&mut buf, 0)

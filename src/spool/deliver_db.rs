@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use crate::format::cyrusdb::{KeyOrder, LevelRng, Op};
 use crate::format::twoskip::{self, FreshOptions, TwoskipDb};
-use crate::spool::append::{AppendError, SpoolContext};
+use crate::spool::append::{read_all, AppendError, SpoolContext};
 use crate::spool::atomic::crash_point;
 use crate::spool::lock::{self, FileLock, LockMode};
 
@@ -248,21 +248,8 @@ fn seed() -> u64 {
         | 1
 }
 
-fn read_all(file: &File, path: &Path) -> Result<Vec<u8>, AppendError> {
-    let len = file.metadata().map_err(io_err(path))?.len();
-    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    file.read_exact_at(&mut buf, 0).map_err(io_err(path))?;
-    Ok(buf)
-}
-
 fn io_err(path: &Path) -> impl Fn(io::Error) -> AppendError + '_ {
-    move |source| {
-        let path = path.to_path_buf();
-        match source.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => AppendError::NoSpace { path, source },
-            _ => AppendError::Io { path, source },
-        }
-    }
+    AppendError::io(path)
 }
 
 fn corrupt(path: &Path, e: impl std::fmt::Display) -> AppendError {
