@@ -14,8 +14,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::clients::{describe, require_tools, run_with_timeout, LmtpTarget};
-use support::cyrus::{crlf, free_port, CyrusInstance, CyrusOptions, Token};
+use support::clients::{describe, inbox_messages, require_tools, run_with_timeout, LmtpTarget};
+use support::cyrus::{crlf, free_port, CyrusInstance, CyrusOptions};
 use support::postfix::Postfix;
 use support::serve::CyrkitServe;
 
@@ -57,30 +57,8 @@ fn message(from: &str, subject: &str, marker: &str) -> Vec<u8> {
     )
 }
 
-/// The full text of every message in `user`'s INBOX, as Cyrus's imapd serves it.
 fn inbox(cy: &CyrusInstance, user: &str) -> Vec<Vec<u8>> {
-    let mut c = cy.imap_login(user).unwrap();
-    let st = c.examine_status("INBOX").unwrap();
-    if st.messages == 0 {
-        return Vec::new();
-    }
-    let reply = c.ok("FETCH 1:* (BODY.PEEK[])").unwrap();
-    let mut out = Vec::new();
-    for toks in reply.tokens() {
-        let Some(Token::List(items)) = toks.get(3) else {
-            continue;
-        };
-        let body = items
-            .windows(2)
-            .find(|w| w[0] == Token::Atom("BODY[]".into()))
-            .and_then(|w| match &w[1] {
-                Token::Str(s) => Some(s.clone()),
-                _ => None,
-            });
-        out.extend(body);
-    }
-    c.logout().unwrap();
-    out
+    inbox_messages(cy, user).unwrap()
 }
 
 /// How many messages in `user`'s INBOX contain `needle`.

@@ -10,12 +10,13 @@
 use std::fs;
 use std::io::{self, Read};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use super::cyrus::{chown_cyrus, require_cyrus, REQUIRE_ENV};
+use super::cyrus::{chown_cyrus, require_cyrus, CyrusInstance, Token, REQUIRE_ENV};
 
 /// Where a client delivers with LMTP.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,10 +188,12 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// Makes a self-signed P-256 certificate for `localhost` and `127.0.0.1` in `dir` (readable by
-/// the `cyrus` user, which Cyrus's pop3d runs as).
+/// Makes a self-signed P-256 certificate for `localhost` and `127.0.0.1` in `dir`, owned by
+/// the `cyrus` user (Cyrus's pop3d runs as it); the certificate is world-readable, for clients
+/// that run unprivileged.
 pub fn self_signed(dir: &Path) -> io::Result<TlsFiles> {
     fs::create_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
     let files = TlsFiles {
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
@@ -236,6 +239,32 @@ pub fn passwd_line(user: &str, password: &str) -> io::Result<String> {
         )));
     }
     Ok(format!("{user}:{hash}"))
+}
+
+/// The full text of every message in `user`'s INBOX as Cyrus's imapd serves it (UID order,
+/// CRLF), read with EXAMINE and BODY.PEEK so nothing changes.
+pub fn inbox_messages(cy: &CyrusInstance, user: &str) -> io::Result<Vec<Vec<u8>>> {
+    let mut c = cy.imap_login(user)?;
+    let st = c.examine_status("INBOX")?;
+    if st.messages == 0 {
+        return Ok(Vec::new());
+    }
+    let reply = c.ok("UID FETCH 1:* (BODY.PEEK[])")?;
+    c.logout()?;
+    Ok(reply
+        .tokens()
+        .iter()
+        .filter_map(|toks| match toks.get(3) {
+            Some(Token::List(items)) => items
+                .windows(2)
+                .find(|w| w[0] == Token::Atom("BODY[]".into()))
+                .and_then(|w| match &w[1] {
+                    Token::Str(s) => Some(s.clone()),
+                    _ => None,
+                }),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Splits an mbox file into its messages (the `From ` separator lines dropped), undoing the
