@@ -269,14 +269,13 @@ fn python_lmtp_to_cyrus_lmtpd() {
 // ------------------------------------------------------------------------------------------
 // Against `cyrkit serve --lmtp` over the same kind of spool (Cyrus's imapd checks the result).
 
-/// `cyrkit serve --lmtp` on a free port (and `--lmtp-unix` in the instance's socket directory,
-/// group `postfix` so Postfix's lmtp may connect) over `cy`'s spool.
+/// `cyrkit serve --lmtp` on a free port and `--lmtp-unix` in the instance's socket directory,
+/// both over `cy`'s spool (two servers, as an admin might run them).
 fn cyrkit_lmtp(cy: &CyrusInstance) -> (CyrkitServe, LmtpTarget, CyrkitServe, LmtpTarget) {
     let port = free_port().unwrap();
     let inet = CyrkitServe::lmtp_inet(cy, port).expect("start cyrkit serve --lmtp");
     let socket = cy.root().join("run/socket/cyrkit-lmtp");
-    let unix =
-        CyrkitServe::lmtp_unix(cy, &socket, "postfix").expect("start cyrkit serve --lmtp-unix");
+    let unix = CyrkitServe::lmtp_unix(cy, &socket).expect("start cyrkit serve --lmtp-unix");
     (inet, LmtpTarget::Inet(port), unix, LmtpTarget::Unix(socket))
 }
 
@@ -287,12 +286,14 @@ fn real_clients_to_cyrkit_lmtp() {
         return;
     }
     let cy = cyrus(true);
-    let (_inet, inet_target, _unix, unix_target) = cyrkit_lmtp(&cy);
+    let (mut inet, inet_target, mut unix, unix_target) = cyrkit_lmtp(&cy);
     for target in [&inet_target, &unix_target] {
         deliver_through_postfix(&cy, target);
         deliver_with_swaks(&cy, target);
         deliver_with_python(&cy, target);
     }
+    inet.assert_clean_stop();
+    unix.assert_clean_stop();
 }
 
 #[test]

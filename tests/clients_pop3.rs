@@ -747,12 +747,16 @@ fn real_clients_against_cyrkit_pop3() {
         .iter()
         .flat_map(|(name, _, modes)| users(name, modes))
         .collect();
-    let env = Pop3Env::cyrkit(&all_users);
+    let mut env = Pop3Env::cyrkit(&all_users);
     for (name, check, modes) in clients {
         for (user, mode) in users(name, modes) {
             check(&env, &env.target(&user, mode));
         }
     }
+    env.cyrkit
+        .as_mut()
+        .expect("cyrkit runs")
+        .assert_clean_stop();
 }
 
 #[test]

@@ -27,6 +27,16 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// The `cyrkit` binary Cargo built for the integration tests.
 pub const CYRKIT: &str = env!("CARGO_BIN_EXE_cyrkit");
+/// Set to a `cyrkit` binary to serve from it instead of [`CYRKIT`] (to run the client tests
+/// against another build, e.g. a branch's).
+pub const BIN_ENV: &str = "CYRKIT_SERVE_BIN";
+
+/// The binary `cyrkit serve` runs from: `$CYRKIT_SERVE_BIN` or the one Cargo built.
+pub fn cyrkit_bin() -> PathBuf {
+    std::env::var_os(BIN_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CYRKIT))
+}
 
 /// What must answer before the server counts as started.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +69,7 @@ impl CyrkitServe {
     ) -> io::Result<Self> {
         let log = log_dir.join("cyrkit-serve.log");
         let out = File::create(&log)?;
-        let mut cmd = Command::new(CYRKIT);
+        let mut cmd = Command::new(cyrkit_bin());
         cmd.arg("serve").arg("-C").arg(conf).args(args);
         if as_cyrus {
             let (uid, gid) = cyrus_ids()?;
@@ -114,15 +124,17 @@ impl CyrkitServe {
         )
     }
 
-    /// LMTP on the UNIX socket `path`, group `group` (the MTA's), over `cy`'s spool.
-    pub fn lmtp_unix(cy: &CyrusInstance, path: &Path, group: &str) -> io::Result<Self> {
+    /// LMTP on the UNIX socket `path` over `cy`'s spool. The socket is made mode 0666 (as
+    /// Cyrus's master makes its own 0777) inside the instance's traverse-only directories:
+    /// the server runs as `cyrus`, which may not hand the socket to the MTA's group.
+    pub fn lmtp_unix(cy: &CyrusInstance, path: &Path) -> io::Result<Self> {
         Self::start(
             &cy.conf_path(),
             &[
                 "--lmtp-unix".into(),
                 path.display().to_string(),
-                "--lmtp-unix-group".into(),
-                group.into(),
+                "--lmtp-unix-mode".into(),
+                "666".into(),
             ],
             &[Ready::Unix(path.to_path_buf())],
             true,
@@ -151,6 +163,18 @@ impl CyrkitServe {
             ready.push(Ready::Tcp(p));
         }
         Self::start(&cy.conf_path(), &args, &ready, true, cy.root())
+    }
+
+    /// Stops the server with SIGTERM and asserts that it drained and exited with status 0
+    /// within the grace period.
+    pub fn assert_clean_stop(&mut self) {
+        let status = self.stop().expect("stop cyrkit serve");
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} did not exit cleanly on SIGTERM ({status:?}):\n{}",
+            self.command,
+            self.output()
+        );
     }
 
     /// The server's stdout and stderr so far.
@@ -188,6 +212,8 @@ impl CyrkitServe {
                 self.command
             );
             let _ = child.kill();
+            child.wait()?;
+            return Ok(None);
         }
         child.wait().map(Some)
     }
