@@ -105,7 +105,7 @@ pub fn require_tools(tools: &[&str]) -> bool {
         return true;
     }
     let why = format!(
-        "{} not installed (scripts/test installs: postfix swaks fetchmail mpop getmail6 curl)",
+        "{} not installed (scripts/test installs the real clients)",
         missing.join(", ")
     );
     if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
