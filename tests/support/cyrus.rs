@@ -14,7 +14,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -180,6 +180,13 @@ pub struct CyrusOptions {
     pub singleinstancestore: bool,
     /// Further `imapd.conf` keys; they override the ones above.
     pub extra: Vec<(String, String)>,
+    /// Also run lmtpd on the UNIX socket `lmtpsocket` (trusted, as Cyrus trusts its socket),
+    /// with the instance's directories made traversable so an MTA's user can reach it.
+    pub lmtp_unix: bool,
+    /// Also run `pop3d -s` (POP3S) on a port of its own. Needs `tls_server_cert` and
+    /// `tls_server_key` (see [`CyrusOptions::with_tls`]); those alone already make pop3d
+    /// offer STLS on the plain port.
+    pub pop3s: bool,
 }
 
 impl Default for CyrusOptions {
@@ -197,6 +204,8 @@ impl Default for CyrusOptions {
             metapartition: false,
             singleinstancestore: true,
             extra: Vec::new(),
+            lmtp_unix: false,
+            pop3s: false,
         }
     }
 }
@@ -210,6 +219,16 @@ impl CyrusOptions {
     pub fn with(mut self, key: &str, value: &str) -> Self {
         self.extra.retain(|(k, _)| k != key);
         self.extra.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Sets `tls_server_cert`/`tls_server_key` (PEM files the `cyrus` user can read) and turns
+    /// on the POP3S service.
+    pub fn with_tls(mut self, cert: &Path, key: &Path) -> Self {
+        self = self
+            .with("tls_server_cert", &cert.to_string_lossy())
+            .with("tls_server_key", &key.to_string_lossy());
+        self.pop3s = true;
         self
     }
 
@@ -311,6 +330,10 @@ pub struct CyrusInstance {
     pub imap_port: u16,
     pub pop3_port: u16,
     pub lmtp_port: u16,
+    /// POP3S port (0 unless started with [`CyrusOptions::pop3s`]).
+    pub pop3s_port: u16,
+    lmtp_unix: bool,
+    pop3s: bool,
     master: Option<Child>,
     syslog_prefix: String,
 }
@@ -319,6 +342,8 @@ impl CyrusInstance {
     /// Creates a fresh instance from `opts` and starts it.
     pub fn start(opts: &CyrusOptions) -> io::Result<Self> {
         let mut inst = Self::prepare(opts.store_keys())?;
+        inst.lmtp_unix = opts.lmtp_unix;
+        inst.pop3s = opts.pop3s;
         inst.start_master()?;
         Ok(inst)
     }
@@ -427,6 +452,9 @@ impl CyrusInstance {
             imap_port: 0,
             pop3_port: 0,
             lmtp_port: 0,
+            pop3s_port: 0,
+            lmtp_unix: false,
+            pop3s: false,
             master: None,
             syslog_prefix,
         })
@@ -492,19 +520,39 @@ impl CyrusInstance {
         }
     }
 
+    /// The UNIX socket lmtpd listens on (`lmtpsocket`) when started with
+    /// [`CyrusOptions::lmtp_unix`].
+    pub fn lmtp_socket(&self) -> PathBuf {
+        PathBuf::from(self.conf_value("lmtpsocket").unwrap_or_default())
+    }
+
     fn write_cyrus_conf(&self) -> io::Result<()> {
         let conf = self.conf_path();
         let conf = conf.display();
-        let text = format!(
-            "START {{\n  recover cmd=\"{bin}/ctl_cyrusdb -r -C {conf}\"\n}}\n\
-             SERVICES {{\n  imap cmd=\"{bin}/imapd -C {conf}\" listen=\"127.0.0.1:{imap}\" prefork=0\n  \
+        let mut services = format!(
+            "  imap cmd=\"{bin}/imapd -C {conf}\" listen=\"127.0.0.1:{imap}\" prefork=0\n  \
              pop3 cmd=\"{bin}/pop3d -C {conf}\" listen=\"127.0.0.1:{pop3}\" prefork=0\n  \
-             lmtp cmd=\"{bin}/lmtpd -a -C {conf}\" listen=\"127.0.0.1:{lmtp}\" prefork=0\n}}\n\
-             EVENTS {{\n}}\n",
+             lmtp cmd=\"{bin}/lmtpd -a -C {conf}\" listen=\"127.0.0.1:{lmtp}\" prefork=0\n",
             bin = CYRUS_BIN,
             imap = self.imap_port,
             pop3 = self.pop3_port,
             lmtp = self.lmtp_port,
+        );
+        if self.pop3s {
+            services.push_str(&format!(
+                "  pop3s cmd=\"{CYRUS_BIN}/pop3d -s -C {conf}\" listen=\"127.0.0.1:{}\" prefork=0\n",
+                self.pop3s_port
+            ));
+        }
+        if self.lmtp_unix {
+            services.push_str(&format!(
+                "  lmtpunix cmd=\"{CYRUS_BIN}/lmtpd -C {conf}\" listen=\"{}\" prefork=0\n",
+                self.lmtp_socket().display()
+            ));
+        }
+        let text = format!(
+            "START {{\n  recover cmd=\"{CYRUS_BIN}/ctl_cyrusdb -r -C {conf}\"\n}}\n\
+             SERVICES {{\n{services}}}\nEVENTS {{\n}}\n"
         );
         let path = self.root.join("cyrus.conf");
         fs::write(&path, text)?;
@@ -517,8 +565,8 @@ impl CyrusInstance {
         if self.is_running() {
             return Ok(());
         }
-        // Hold all three listeners at once so the ports are distinct, release just before use.
-        let listeners: Vec<TcpListener> = (0..3)
+        // Hold all listeners at once so the ports are distinct, release just before use.
+        let listeners: Vec<TcpListener> = (0..4)
             .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
             .collect::<io::Result<_>>()?;
         let ports: Vec<u16> = listeners
@@ -526,6 +574,17 @@ impl CyrusInstance {
             .map(|l| l.local_addr().map(|a| a.port()))
             .collect::<io::Result<_>>()?;
         (self.imap_port, self.pop3_port, self.lmtp_port) = (ports[0], ports[1], ports[2]);
+        self.pop3s_port = if self.pop3s { ports[3] } else { 0 };
+        if self.lmtp_unix {
+            // The MTA (Postfix's lmtp runs as `postfix`) must reach run/socket/lmtp.
+            for dir in [
+                &self.root,
+                &self.root.join("run"),
+                &self.lmtp_socket().with_file_name(""),
+            ] {
+                fs::set_permissions(dir, fs::Permissions::from_mode(0o711))?;
+            }
+        }
         self.write_cyrus_conf()?;
         drop(listeners);
         let (uid, gid) = cyrus_ids()?;
@@ -561,7 +620,11 @@ impl CyrusInstance {
                 self.master = None;
                 return Err(err(msg));
             }
-            if greets(self.imap_port, b"* OK") && greets(self.lmtp_port, b"220") {
+            if greets(self.imap_port, b"* OK")
+                && greets(self.lmtp_port, b"220")
+                && (!self.pop3s || port_open(self.pop3s_port))
+                && (!self.lmtp_unix || self.lmtp_socket().exists())
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -625,7 +688,15 @@ impl CyrusInstance {
             let _ = child.kill();
         }
         let _ = child.wait();
-        let ports = [self.imap_port, self.pop3_port, self.lmtp_port];
+        let ports: Vec<u16> = [
+            self.imap_port,
+            self.pop3_port,
+            self.lmtp_port,
+            self.pop3s_port,
+        ]
+        .into_iter()
+        .filter(|p| *p != 0)
+        .collect();
         let deadline = Instant::now() + STOP_TIMEOUT;
         loop {
             self.kill_leftovers();
