@@ -13,6 +13,7 @@
 //! at a few MB of resident memory and keeps the session code straight-line.
 
 pub mod channel;
+pub mod lmtp;
 pub mod log;
 pub mod tls;
 

@@ -1,0 +1,17 @@
+//! The LMTP server (`cyrkit serve --lmtp`): Cyrus 3.6 lmtpd's protocol, replies and
+//! delivery rules, plus CHUNKING.
+//!
+//! - [`command`]: command lines → [`command::Command`] (sans I/O).
+//! - [`address`]: recipient addresses → mailboxes (`+detail`, shared folders, domains).
+//! - [`message`]: the stage file as Cyrus writes it (added headers, 8-bit handling,
+//!   bare-newline and NUL refusal, size limit), streamed.
+//! - [`store`]: the [`store::Mailstore`] trait the session delivers through.
+//! - [`session`]: one connection, over a [`crate::server::channel::Channel`].
+
+pub mod address;
+pub mod command;
+pub mod message;
+pub mod session;
+pub mod store;
+
+pub use session::{run, Passwords, Settings};
