@@ -15,3 +15,6 @@ pub mod session;
 pub mod store;
 
 pub use session::{run, Passwords, Settings};
+
+#[cfg(test)]
+mod tests;

@@ -66,7 +66,7 @@ impl Settings {
             servername,
             serverinfo: config
                 .get("serverinfo")
-                .is_none_or(|v| v.eq_ignore_ascii_case("on")),
+                .map_or(true, |v| v.eq_ignore_ascii_case("on")),
             max_message_size: if max <= 0 {
                 i32::MAX as u64
             } else {
@@ -533,7 +533,7 @@ impl Session<'_> {
             log::error!("badlogin: {host} {mech} ({user}) [authentication failure]");
             return self.send(b"501 5.5.4 authentication failure\r\n");
         }
-        if !self.s.admins.iter().any(|a| *a == user) {
+        if !self.s.admins.contains(&user) {
             log::error!("badlogin: {host} {mech} ({user}) [{user} is not an admin]");
             return self.send(b"501 5.5.4 undefined error!\r\n");
         }
@@ -673,7 +673,7 @@ impl Session<'_> {
     }
 
     fn data(&mut self) -> Result<(), ChannelError> {
-        if self.txn.as_ref().is_none_or(|t| t.rcpts.is_empty()) {
+        if self.txn.as_ref().map_or(true, |t| t.rcpts.is_empty()) {
             return self.send(b"503 5.5.1 No recipients\r\n");
         }
         let now = now();
@@ -721,7 +721,7 @@ impl Session<'_> {
             Ok(b) => b,
             Err(e) => return self.send(e.reply()),
         };
-        let no_rcpts = self.txn.as_ref().is_none_or(|t| t.rcpts.is_empty());
+        let no_rcpts = self.txn.as_ref().map_or(true, |t| t.rcpts.is_empty());
         if (no_rcpts && self.chunks.is_none()) || self.bdat_failed {
             // The chunk must be read anyway, or its bytes would be taken as commands.
             self.ch.read_exact_to(b.size, &mut |_| Ok(()))?;
