@@ -832,9 +832,14 @@ impl Session<'_> {
         };
         let sender = sender(&txn.authuser);
         let mut replies = String::new();
-        for rcpt in &txn.rcpts {
-            let msgid = String::from_utf8_lossy(&written.message_id);
-            match self.store.deliver(&staged, rcpt, sender) {
+        let msgid = String::from_utf8_lossy(&written.message_id);
+        let results = self.store.deliver(&staged, &txn.rcpts, sender);
+        for (i, rcpt) in txn.rcpts.iter().enumerate() {
+            let result = results
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Err(DeliveryError::System("System I/O error".into())));
+            match result {
                 Ok(Delivered::Appended { mailbox, .. }) => {
                     log::info!("Delivered: {msgid} to mailbox: {mailbox}");
                     replies.push_str(&format!("250 2.1.5 Success SESSIONID=<{}>\r\n", self.sid));

@@ -97,12 +97,13 @@ pub trait Mailstore {
     fn verify(&self, rcpt: &Rcpt, sender: &[u8], size: u64) -> Result<(), DeliveryError>;
     /// The directory to stage the message in: the partition of the recipient's mailbox.
     fn stage_dir(&self, rcpt: &Rcpt) -> Result<PathBuf, DeliveryError>;
-    /// Deliver one copy (`deliver_local`): a `+detail` folder if it exists and `sender`
-    /// may post to it, else the INBOX; durable before returning `Ok`.
+    /// Deliver one copy per recipient, in order (`deliver_local` for each): a `+detail`
+    /// folder if it exists and `sender` may post to it, else the INBOX. Each `Ok` is
+    /// durable (committed) when returned. One result per recipient, in RCPT order.
     fn deliver(
         &self,
         msg: &Staged<'_>,
-        rcpt: &Rcpt,
+        rcpts: &[Rcpt],
         sender: &[u8],
-    ) -> Result<Delivered, DeliveryError>;
+    ) -> Vec<Result<Delivered, DeliveryError>>;
 }

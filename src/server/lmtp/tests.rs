@@ -87,6 +87,20 @@ impl Mailstore for Fake {
     fn deliver(
         &self,
         msg: &Staged<'_>,
+        rcpts: &[Rcpt],
+        sender: &[u8],
+    ) -> Vec<Result<Delivered, DeliveryError>> {
+        rcpts
+            .iter()
+            .map(|r| self.deliver_one(msg, r, sender))
+            .collect()
+    }
+}
+
+impl Fake {
+    fn deliver_one(
+        &self,
+        msg: &Staged<'_>,
         rcpt: &Rcpt,
         sender: &[u8],
     ) -> Result<Delivered, DeliveryError> {
