@@ -13,17 +13,13 @@ use super::address::{self, AddressConfig};
 use super::command::{self, Bdat, Command};
 use super::message::{LineSplitter, MessageOptions, Outcome, StageWriter, Written, DATA_LINE_MAX};
 use super::store::{Delivered, DeliveryError, Mailstore, Rcpt, Staged};
+use crate::server::auth::Authenticator;
 use crate::server::channel::{Channel, ChannelError, Ending, Peer};
 
 /// Longest command line (Cyrus reads commands into `char buf[4096]`).
 pub const COMMAND_LINE_MAX: usize = 4096;
 /// Most recipients in one transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
 pub const MAX_RECIPIENTS: usize = 1000;
-
-/// Checks a user's password (the server's authenticator).
-pub trait Passwords {
-    fn check_password(&self, user: &str, password: &str) -> Result<bool, String>;
-}
 
 /// Everything the session reads from imapd.conf and the command line.
 #[derive(Debug, Clone)]
@@ -181,7 +177,7 @@ struct Chunks {
 struct Session<'a> {
     ch: &'a mut dyn Channel,
     store: &'a dyn Mailstore,
-    passwords: Option<&'a dyn Passwords>,
+    passwords: Option<&'a dyn Authenticator>,
     s: &'a Settings,
     auth: Auth,
     tls_done: bool,
@@ -202,7 +198,7 @@ enum Flow {
 pub fn run(
     ch: &mut dyn Channel,
     store: &dyn Mailstore,
-    passwords: Option<&dyn Passwords>,
+    passwords: Option<&dyn Authenticator>,
     settings: &Settings,
 ) {
     let auth = match ch.peer() {
@@ -521,12 +517,12 @@ impl Session<'_> {
             _ => return self.send(b"504 Unrecognized authentication type.\r\n"),
         };
         let (user, pass) = (String::from_utf8_lossy(&creds.0).into_owned(), creds.1);
-        let ok = match (self.passwords, std::str::from_utf8(&pass)) {
-            (Some(p), Ok(pass)) => p.check_password(&user, pass).unwrap_or_else(|e| {
+        let ok = match self.passwords {
+            Some(p) => p.check_password(&user, &pass).unwrap_or_else(|e| {
                 log::warn!("lmtp: cannot check the password of {user}: {e}");
                 false
             }),
-            _ => false,
+            None => false,
         };
         let host = self.ch.peer().received_host();
         if !ok {

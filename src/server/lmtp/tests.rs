@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::address::{self, AddressConfig, Target};
-use super::session::{self, Passwords, Settings};
+use super::session::{self, Settings};
 use super::store::{Delivered, DeliveryError, Mailstore, Rcpt, Staged};
 use crate::format::header::Acl;
+use crate::server::auth::{AuthError, Authenticator};
 use crate::server::channel::{MemChannel, Peer};
 use crate::spool::names::NameConfig;
 
@@ -147,12 +148,15 @@ impl Fake {
 
 struct Pw;
 
-impl Passwords for Pw {
-    fn check_password(&self, user: &str, password: &str) -> Result<bool, String> {
+impl Authenticator for Pw {
+    fn check_password(&self, user: &str, password: &[u8]) -> Result<bool, AuthError> {
         Ok(matches!(
             (user, password),
-            ("admin", "secret") | ("bob", "bobpw")
+            ("admin", b"secret") | ("bob", b"bobpw")
         ))
+    }
+    fn secret(&self, _user: &str) -> Option<Vec<u8>> {
+        None
     }
 }
 
