@@ -83,13 +83,9 @@ fn python_lmtp_delivers_into_a_real_cyrus_spool() {
     }
     admin.setacl("user.bob.lists", "anyone", "p").unwrap();
     admin.setacl("shared", "anyone", "lp").unwrap();
-    // FIXME(spool::append): MailboxWriter::open needs a cyrus.cache, which a mailbox that
-    // never held a message does not have yet; one IMAP APPEND first creates it.
+    // Mailboxes Cyrus just created have no cyrus.cache yet: the first delivery creates it.
     for m in ["user.bob", "user.bob.lists", "user.carol", "shared"] {
         admin.setacl(m, "cyrus", "lrswipkxtecda").unwrap();
-        admin
-            .append(m, &[], None, b"Subject: first\r\n\r\nfirst\r\n")
-            .unwrap();
     }
     admin.logout().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -124,10 +120,10 @@ fn python_lmtp_delivers_into_a_real_cyrus_spool() {
     let mut admin = cy.imap_admin().unwrap();
     // bob's INBOX got one copy: the second recipient `bob@example.org` is a duplicate.
     for (mbox, n) in [
-        ("user.bob", 2),
-        ("user.bob.lists", 2),
-        ("user.carol", 2),
-        ("shared", 2),
+        ("user.bob", 1),
+        ("user.bob.lists", 1),
+        ("user.carol", 1),
+        ("shared", 1),
     ] {
         admin.examine(mbox).unwrap();
         let raw =
