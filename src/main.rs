@@ -23,10 +23,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let config = cli.common.config.clone();
     match cmd::run(cli) {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {
             eprintln!("cyrkit: error: {}", cmd::error_chain(&e));
+            if let Some(fix) = cmd::hints::fix_for_error(&e, &config) {
+                eprintln!("cyrkit: fix: {fix}");
+            }
             ExitCode::from(cmd::exit_code_for_error(&e))
         }
     }

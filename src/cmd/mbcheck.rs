@@ -124,7 +124,8 @@ pub fn run(common: &Common, args: &MbcheckArgs) -> anyhow::Result<Outcome> {
         !common.no_progress && !common.quiet && !common.json,
     )?;
     for a in &report.not_found {
-        eprintln!("cyrkit: mailbox {a} does not exist");
+        let line = super::hints::mailbox_not_found(a, &config.mboxlist_db_path(), &common.config);
+        eprintln!("{line}");
     }
     // A named mailbox that does not exist was not checked: never report that as clean.
     let outcome = if !report.not_found.is_empty() {

@@ -155,8 +155,13 @@ pub fn run(common: &Common, args: &QuotaArgs) -> anyhow::Result<Outcome> {
     let json = common.json || args.cyrus_json;
     let writes = args.fix && !args.dry_run;
     // Root acting as the spool owner, so lock files and rewritten files stay Cyrus's.
-    crate::spool::atomic::become_owner_of(&layout.config_dir)
-        .with_context(|| format!("becoming the owner of {}", layout.config_dir.display()))?;
+    crate::spool::atomic::become_owner_of(&layout.config_dir).with_context(|| {
+        format!(
+            "configdirectory {} (check `configdirectory` in {})",
+            layout.config_dir.display(),
+            common.config.display()
+        )
+    })?;
 
     // Cyrus's quota takes $QUOTACHANGE for the whole run: SETQUOTA and root removal wait,
     // deliveries do not.
