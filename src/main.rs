@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cyrkit::cmd::{self, Cli};
+use cyrkit::ui;
 
 fn main() -> ExitCode {
     // Like Cyrus's tools (and every C filter), end quietly when the reader of our output goes
@@ -27,9 +28,9 @@ fn main() -> ExitCode {
     match cmd::run(cli) {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {
-            eprintln!("cyrkit: error: {}", cmd::error_chain(&e));
+            eprintln!("{}{}", ui::error_prefix(), cmd::error_chain(&e));
             if let Some(fix) = cmd::hints::fix_for_error(&e, &config) {
-                eprintln!("cyrkit: fix: {fix}");
+                eprintln!("{}{fix}", ui::fix_prefix());
             }
             ExitCode::from(cmd::exit_code_for_error(&e))
         }

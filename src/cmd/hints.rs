@@ -97,10 +97,12 @@ pub fn mailbox_not_found(name: &str, mboxlist: &Path, config: &Path) -> String {
         None => format!("`cyrkit reconstruct -m -C {conf}` adds it"),
     };
     format!(
-        "cyrkit: mailbox {name} does not exist in {}\n\
-         cyrkit: fix: check the name (names are external, as Cyrus's tools take them); if its \
+        "{}mailbox {name} does not exist in {}\n\
+         {}check the name (names are external, as Cyrus's tools take them); if its \
          directory is on disk, `cyrkit reconstruct -m -n -C {conf}` lists it and {adopt}",
-        mboxlist.display()
+        crate::ui::error_prefix(),
+        mboxlist.display(),
+        crate::ui::fix_prefix(),
     )
 }
 
