@@ -205,3 +205,22 @@ fn held_lock_exits_75_and_names_the_lock() {
         );
     }
 }
+
+#[test]
+fn bad_imapd_conf_line_is_named_with_its_line_number() {
+    let (_tmp, root) = fixture_copy("legacy", "err-confline");
+    let conf = root.join("imapd.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("virtdomains: maybe\n");
+    std::fs::write(&conf, text).unwrap();
+    let r = run(&["mbcheck"], Some(&conf), &[], &[]);
+    assert_err(
+        &r,
+        2,
+        &[
+            &format!("{}:", conf.display()),
+            "`virtdomains`",
+            "cyrkit: fix: correct the line named above",
+        ],
+    );
+}

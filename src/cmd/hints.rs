@@ -14,7 +14,6 @@ use crate::spool::lock::{LockError, LOCK_TIMEOUT_ENV};
 
 /// What to run (or change) to get past `e`, when cyrkit knows; `config` is the `-C` file.
 pub fn fix_for_error(e: &anyhow::Error, config: &Path) -> Option<String> {
-    let conf = config.display();
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<ConfigError>() {
             return Some(match c {
@@ -26,7 +25,9 @@ pub fn fix_for_error(e: &anyhow::Error, config: &Path) -> Option<String> {
                 ConfigError::Io { source, .. } if source.kind() == ErrorKind::PermissionDenied => {
                     not_permitted()
                 }
-                _ => format!("correct {conf} at the line named above, as Cyrus would read it"),
+                _ => {
+                    "correct the line named above (the file is read as Cyrus reads it)".to_string()
+                }
             });
         }
         if let Some(fix) = cause
