@@ -14,6 +14,7 @@
 
 pub mod channel;
 pub mod log;
+pub mod pop3;
 pub mod tls;
 
 use std::io;
