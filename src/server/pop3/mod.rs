@@ -245,6 +245,11 @@ pub trait Maildrop: Send {
     fn new_uidl(&self) -> bool;
     /// The message file of list entry `i` (0-based), read in pieces.
     fn open_message(&mut self, i: usize) -> std::io::Result<Box<dyn Read + Send>>;
+    /// With `popuseacl`: whether the user holds ACL right `right` (`t` to DELE, `s` to set
+    /// `\Seen`) on the mailbox.
+    fn may(&self, _right: u8) -> bool {
+        true
+    }
     /// Apply QUIT: expunge, \Seen, pop3_last_login; durable when it returns Ok.
     fn commit(self: Box<Self>, update: &Update) -> Result<(), String>;
 }

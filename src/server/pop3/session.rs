@@ -699,6 +699,8 @@ impl Session<'_> {
             Verb::Dele => {
                 if arg.is_none() {
                     self.send(ArgError::MissingArgument.reply())?;
+                } else if self.env.cfg.popuseacl && !t.drop.may(b't') {
+                    self.send(b"-ERR [SYS/PERM] Permission denied\r\n")?;
                 } else if self.env.cfg.readonly {
                     self.send(
                         b"-ERR [SYS/PERM] This connection is configured for read-only access\r\n",
@@ -825,7 +827,7 @@ impl Session<'_> {
         };
         let update = Update {
             expunge: pick(&deleted),
-            seen: if self.env.cfg.popuseimapflags {
+            seen: if self.env.cfg.popuseimapflags && (!self.env.cfg.popuseacl || drop.may(b's')) {
                 pick(&seen)
             } else {
                 Vec::new()
