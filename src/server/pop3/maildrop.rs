@@ -377,8 +377,10 @@ mod tests {
 
     #[test]
     fn popminpoll_and_padding() {
-        let mut cfg = Pop3Config::default();
-        cfg.popminpoll = 600;
+        let cfg = Pop3Config {
+            popminpoll: 600,
+            ..Pop3Config::default()
+        };
         let r = scan_index(&index_bytes(0, 0, 9_500), &cfg, false, 10_000);
         assert!(matches!(r, Err(OpenError::LoginDelay(600))));
         assert!(scan_index(&index_bytes(0, 0, 9_400), &cfg, false, 10_000).is_ok());
