@@ -25,7 +25,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{Common, Outcome, UsageError};
-use crate::format::cache::{self, CACHE_HEADER_SIZE, CACHE_VERSION_36, NUM_CACHE_FIELDS};
+use crate::format::cache::{self, CACHE_HEADER_SIZE, CACHE_VERSION_36};
 use crate::format::crc::crc32;
 use crate::format::header::{self, HeaderFormat, MailboxHeader};
 use crate::format::index::{self, IndexHeader, IndexRecord};
@@ -37,7 +37,7 @@ use crate::spool::mailbox_lock::OpenMode;
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
 use crate::spool::names::{MboxName, NameConfig};
 use crate::spool::paths::Layout;
-use crate::spool::quota::{mailbox_usage, QuotaStore, QuotaStoreError, Usage};
+use crate::spool::quota::{mailbox_usage, Usage};
 
 mod adopt;
 
@@ -605,55 +605,6 @@ fn recount_roots(common: &Common, nc: &NameConfig, roots: &BTreeSet<Vec<u8>>) ->
     ok
 }
 
-/// Adds one mailbox's change of usage (`new - old`) to its quota root under the root's
-/// lock, as `quota_update_useds` does: never below zero, and into the `SCAN` totals too
-/// when a `quota -f` is counting the root and has passed this mailbox already. User roots
-/// get the next `MODSEQ`, as `quota_write` gives them. Returns false when there is no
-/// such root (Cyrus then changes nothing either).
-fn charge_root(
-    store: &QuotaStore,
-    root: &[u8],
-    mailbox: &[u8],
-    old: &Usage,
-    new: &Usage,
-) -> Result<bool, QuotaStoreError> {
-    let mut rl = store.lock_root(root, LOCK_TIMEOUT)?;
-    let Some(mut q) = rl.record.clone() else {
-        return Ok(false);
-    };
-    let apply = |v: u64, i: usize| -> u64 {
-        let (o, n) = (
-            old.get(i).copied().unwrap_or(0),
-            new.get(i).copied().unwrap_or(0),
-        );
-        if n >= o {
-            v.saturating_add(n - o)
-        } else {
-            v.saturating_sub(o - n)
-        }
-    };
-    for res in crate::format::quota::Resource::ALL {
-        let u = &mut q.get_mut(res).used;
-        *u = apply(*u, res.index());
-    }
-    if let Some(scan) = q.scan.as_mut() {
-        if mailbox <= scan.mbox.as_slice() {
-            for (i, u) in scan.used.iter_mut().enumerate() {
-                *u = apply(*u, i);
-            }
-        }
-    }
-    let local = match root.iter().position(|&b| b == b'!') {
-        Some(i) => root.get(i + 1..).unwrap_or_default(),
-        None => root,
-    };
-    if local.starts_with(b"user.") {
-        q.modseq = Some(q.modseq.unwrap_or(0).saturating_add(1));
-    }
-    rl.write(&q)?;
-    Ok(true)
-}
-
 /// Sets the UIDVALIDITY of the `N` and `I` records of the given mailboxes (by dbname), under
 /// the database's exclusive lock: the pairs are re-read, changed, and written as a fresh
 /// file of the configured backend that replaces the old one atomically.
@@ -963,8 +914,7 @@ impl Parser<'_> {
         let data = buf.get(..len).unwrap_or_default();
         let msg = crate::mime::message::parse_message(data, opts)
             .map_err(|e| invalid(format!("failed to parse: {e}")))?;
-        let items: [&[u8]; NUM_CACHE_FIELDS] = std::array::from_fn(|i| msg.items[i].as_slice());
-        let entry = cache::write_entry(&items).map_err(|e| invalid(e.to_string()))?;
+        let entry = msg.cache_entry().map_err(|e| invalid(e.to_string()))?;
         let entry_off = entries.len() as u64;
         entries.extend_from_slice(&entry);
         Ok(Parsed {
@@ -1145,8 +1095,15 @@ impl Env<'_> {
                         anyhow::anyhow!("quota_db is not a backend cyrkit writes")
                     })?;
                     let name = m.name.to_internal();
-                    if charge_root(store, root, &name, &old, &p.new_usage)
-                        .with_context(|| format!("quota root {}", String::from_utf8_lossy(root)))?
+                    if crate::spool::quota::charge_root(
+                        store,
+                        root,
+                        &name,
+                        &old,
+                        &p.new_usage,
+                        LOCK_TIMEOUT,
+                    )
+                    .with_context(|| format!("quota root {}", String::from_utf8_lossy(root)))?
                     {
                         report.quota = Some("updated");
                     }
@@ -1167,24 +1124,6 @@ fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Local midnight of a time (Cyrus's sentdate default: `localtime`, truncate, `mktime`).
-fn local_midnight(t: u64) -> u64 {
-    let Ok(tt) = libc::time_t::try_from(t) else {
-        return t;
-    };
-    // SAFETY: localtime_r only reads and writes the structs passed in.
-    unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        if libc::localtime_r(&tt, &mut tm).is_null() {
-            return t;
-        }
-        // The day's midnight, with the DST flag of `t` itself, as Cyrus passes it to mktime.
-        let m =
-            crate::mime::date::local_midnight_of(tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_isdst);
-        u64::try_from(m).unwrap_or(0)
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1663,16 +1602,8 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             if r.internaldate == 0 {
                 r.internaldate = file.map_or(ctx.now, |f| u64::try_from(f.mtime).unwrap_or(0));
             }
-            r.gmtime = if m.gmtime != 0 {
-                m.gmtime
-            } else {
-                r.internaldate
-            };
-            r.sentdate = if m.sentdate != 0 {
-                m.sentdate
-            } else {
-                local_midnight(r.internaldate)
-            };
+            (r.sentdate, r.gmtime) =
+                crate::mime::date::record_dates(m.sentdate, m.gmtime, r.internaldate);
             if parsed.entry_crc != r.cache_crc || !cache_entry_ok(old_cache, &r) {
                 new_entry = Some(parsed);
             }
@@ -1807,21 +1738,15 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             let internaldate = u64::try_from(f.mtime).unwrap_or(0);
             let off = new_cache.len();
             new_cache.push(parsed.entry_off, parsed.entry_len);
+            let (sentdate, gmtime) =
+                crate::mime::date::record_dates(m.sentdate, m.gmtime, internaldate);
             appended.push(IndexRecord {
                 uid: new_uid,
                 internaldate,
-                sentdate: if m.sentdate != 0 {
-                    m.sentdate
-                } else {
-                    local_midnight(internaldate)
-                },
+                sentdate,
                 size: m.size,
                 header_size: m.header_size,
-                gmtime: if m.gmtime != 0 {
-                    m.gmtime
-                } else {
-                    internaldate
-                },
+                gmtime,
                 cache_offset: off,
                 last_updated: ctx.now,
                 savedate: ctx.now,

@@ -207,8 +207,13 @@ fn pop3_listeners(ctx: &ServeContext) -> anyhow::Result<Vec<Listener>> {
 
 /// The password store POP3 logins are checked against.
 fn pop3_credentials(
-    _ctx: &ServeContext,
+    ctx: &ServeContext,
 ) -> anyhow::Result<Option<Arc<dyn crate::server::pop3::login::Credentials>>> {
-    // Wired to server::auth (saslauthd, --passwd-file) once that module lands.
-    Ok(None)
+    use crate::server::pop3::login::{AuthCredentials, Credentials};
+    let auth = crate::server::auth::from_args(&ctx.args, &ctx.config)
+        .map_err(|e| UsageError(e.to_string()))?;
+    if auth.is_none() {
+        ::log::warn!("pop3: no password store (--passwd-file, --saslauthd): every login fails");
+    }
+    Ok(auth.map(|a| Arc::new(AuthCredentials(a)) as Arc<dyn Credentials>))
 }

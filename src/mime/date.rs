@@ -227,6 +227,37 @@ fn tokenise(s: &[u8], date_only: bool) -> Option<Parsed> {
     })
 }
 
+/// Local midnight of a time (Cyrus's sentdate default: `localtime`, truncate, `mktime`).
+pub fn local_midnight(t: u64) -> u64 {
+    let Ok(tt) = libc::time_t::try_from(t) else {
+        return t;
+    };
+    // SAFETY: localtime_r only reads and writes the structs passed in.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&tt, &mut tm).is_null() {
+            return t;
+        }
+        // The day's midnight, with the DST flag of `t` itself, as Cyrus passes it to mktime.
+        let m = local_midnight_of(tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_isdst);
+        u64::try_from(m).unwrap_or(0)
+    }
+}
+
+/// A record's `sentdate` and `gmtime` from the Date header's values ([`parse_date`]; 0 =
+/// none) with Cyrus's fallbacks (`mailbox_append_index_record`, `message_create_record`):
+/// sentdate = local midnight of `internaldate`, gmtime = `internaldate`.
+pub fn record_dates(sentdate: u64, gmtime: u64, internaldate: u64) -> (u64, u64) {
+    (
+        if sentdate != 0 {
+            sentdate
+        } else {
+            local_midnight(internaldate)
+        },
+        if gmtime != 0 { gmtime } else { internaldate },
+    )
+}
+
 /// Entries kept per thread by [`local_midnight_of`] before it starts afresh.
 const MIDNIGHT_MEMO_MAX: usize = 4096;
 

@@ -47,7 +47,7 @@ pub const ITEM_SUBJECT: usize = 9;
 pub const NUM_ITEMS: usize = 10;
 
 /// Options of imapd.conf that change what the parser produces.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseOptions {
     /// `rfc2047_utf8`: text outside encoded words is read as UTF-8 instead of US-ASCII.
     pub rfc2047_utf8: bool,
@@ -83,6 +83,14 @@ pub struct ParsedMessage {
     pub gmtime: u64,
     /// SHA-1 of the whole file.
     pub guid: [u8; 20],
+}
+
+impl ParsedMessage {
+    /// The message's `cyrus.cache` entry (the ten items, padded as Cyrus writes them).
+    pub fn cache_entry(&self) -> Result<Vec<u8>, crate::format::cache::CacheError> {
+        let items: [&[u8]; NUM_ITEMS] = std::array::from_fn(|i| self.items[i].as_slice());
+        crate::format::cache::write_entry(&items)
+    }
 }
 
 /// Append the cache's nstring form of `s` (`message_write_nstring`): `NIL`, a quoted string,

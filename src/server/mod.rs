@@ -12,9 +12,11 @@
 //! pool anyway; a thread per connection with a small stack keeps 1000 concurrent sessions
 //! at a few MB of resident memory and keeps the session code straight-line.
 
+pub mod auth;
 pub mod channel;
 pub mod log;
 pub mod pop3;
+pub mod sasl;
 pub mod tls;
 
 use std::io;

@@ -505,6 +505,21 @@ impl Config {
         }
     }
 
+    /// A duration in seconds, written as Cyrus's DURATION options are (`90`, `3s`, `1h30m`;
+    /// a bare number is in `default_unit`, one of `d h m s`); `default` when not set.
+    pub fn get_duration(
+        &self,
+        key: &str,
+        default_unit: u8,
+        default: i64,
+    ) -> Result<i64, ConfigError> {
+        match self.entry(key) {
+            Some(e) => parse_duration(&e.value, default_unit)
+                .ok_or_else(|| invalid(e, key, "a duration such as 30s, 5m or 1h30m")),
+            None => Ok(default),
+        }
+    }
+
     /// A path: `{configdirectory}` expanded and, if relative, resolved against the
     /// directory of the file that sets it. `None` if the key is not set.
     pub fn get_path(&self, key: &str) -> Option<PathBuf> {
@@ -840,6 +855,49 @@ fn is_c_space(c: char) -> bool {
 
 /// C `strtol(s, &end, 0)` that must consume all of `s` (`config_read_file`, OPT_INT).
 /// Out-of-range values are refused rather than clamped.
+/// `config_parseduration` (lib/libconfig.c): an optional `-`, then runs of digits each
+/// followed by a unit `d`, `h`, `m` or `s`, summed; a trailing run without a unit takes
+/// `default_unit`. The empty string is 0, as in Cyrus. `None` on anything else or overflow.
+pub fn parse_duration(s: &str, default_unit: u8) -> Option<i64> {
+    let (neg, rest) = match s.strip_prefix('-') {
+        Some(r) if r.bytes().next().is_some_and(|b| b.is_ascii_digit()) => (true, r),
+        Some(_) => return None,
+        None => (false, s),
+    };
+    let mut total: i64 = 0;
+    let mut accum: i64 = 0;
+    let mut saw_digit = false;
+    let unit_of = |u: u8| match u {
+        b'd' => Some(86_400),
+        b'h' => Some(3_600),
+        b'm' => Some(60),
+        b's' => Some(1),
+        _ => None,
+    };
+    let bytes = rest.bytes().chain(
+        rest.bytes()
+            .last()
+            .filter(u8::is_ascii_digit)
+            .map(|_| default_unit),
+    );
+    for b in bytes {
+        if b.is_ascii_digit() {
+            accum = accum.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+            saw_digit = true;
+        } else {
+            if !saw_digit {
+                return None;
+            }
+            saw_digit = false;
+            total = total.checked_add(accum.checked_mul(unit_of(b)?)?)?;
+            accum = 0;
+        }
+    }
+    // Cyrus keeps durations in an int.
+    let total = if neg { -total } else { total };
+    i32::try_from(total).ok().map(i64::from)
+}
+
 fn parse_c_long(s: &str) -> Option<i64> {
     let (neg, rest) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
@@ -1461,5 +1519,36 @@ mod tests {
         assert_eq!(c.file(), path);
         let err = Config::load(&dir.path().join("nope.conf")).unwrap_err();
         assert!(matches!(err, ConfigError::Io { .. }));
+    }
+
+    #[test]
+    fn durations_as_config_parseduration_reads_them() {
+        assert_eq!(parse_duration("3", b's'), Some(3));
+        assert_eq!(parse_duration("3", b'm'), Some(180));
+        assert_eq!(parse_duration("3s", b'm'), Some(3));
+        assert_eq!(parse_duration("1h30m", b's'), Some(5400));
+        assert_eq!(parse_duration("1d2", b'h'), Some(86_400 + 7200));
+        assert_eq!(parse_duration("-10m", b's'), Some(-600));
+        assert_eq!(parse_duration("", b's'), Some(0));
+        for bad in [
+            "m",
+            "3x",
+            "-",
+            "-m",
+            "1hh",
+            "3 s",
+            "99999999999s",
+            "1000000d",
+        ] {
+            assert_eq!(parse_duration(bad, b's'), None, "{bad:?}");
+        }
+        let c = Config::parse(
+            b"configdirectory: /var/lib/cyrus\nfailedloginpause: 2m\npoptimeout: bogus\n",
+            Path::new("/etc"),
+        )
+        .unwrap();
+        assert_eq!(c.get_duration("failedloginpause", b's', 3).unwrap(), 120);
+        assert_eq!(c.get_duration("unset", b's', 3).unwrap(), 3);
+        assert!(c.get_duration("poptimeout", b'm', 10).is_err());
     }
 }

@@ -9,6 +9,12 @@
 //!
 //! This module owns only the primitive and the ordering helper; which files to lock is
 //! decided by `spool::paths`.
+//!
+//! On Linux the locks are open-file-description locks (`F_OFD_SETLK`): they conflict with
+//! Cyrus's classic POSIX locks exactly as those conflict with each other, but belong to the
+//! descriptor, not the process. So two threads of one `cyrkit serve` exclude each other,
+//! and closing some other descriptor of a locked file (a reader in another thread) does not
+//! silently release the lock, as it would with per-process POSIX locks.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -67,6 +73,13 @@ fn set_lock(file: &File, kind: libc::c_short, wait: bool) -> io::Result<()> {
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind;
     fl.l_whence = libc::SEEK_SET as libc::c_short;
+    #[cfg(target_os = "linux")]
+    let cmd = if wait {
+        libc::F_OFD_SETLKW
+    } else {
+        libc::F_OFD_SETLK
+    };
+    #[cfg(not(target_os = "linux"))]
     let cmd = if wait { libc::F_SETLKW } else { libc::F_SETLK };
     loop {
         // SAFETY: the descriptor is valid for the lifetime of `file`, and `fl` outlives the call.
@@ -194,6 +207,10 @@ impl LockStack {
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
+    /// The lock taken last (for a mailbox: the one on `cyrus.index`).
+    pub fn last(&self) -> Option<&FileLock> {
+        self.held.last()
+    }
 }
 
 impl Drop for LockStack {
@@ -266,5 +283,20 @@ mod tests {
         assert!(matches!(err, LockError::Timeout { .. }));
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// OFD locks: a second descriptor in the same process (another server thread) is
+    /// excluded, and closing an unrelated descriptor of the file keeps the lock.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn threads_of_one_process_exclude_each_other() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("f.lock");
+        let held = lock_path(&p, LockMode::Exclusive, Duration::from_secs(1)).unwrap();
+        drop(File::open(&p).unwrap());
+        let again = lock_path(&p, LockMode::Shared, Duration::from_millis(50));
+        assert!(matches!(again, Err(LockError::Timeout { .. })));
+        drop(held);
+        lock_path(&p, LockMode::Shared, Duration::from_millis(50)).unwrap();
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! Uses `format/` for the bytes; owns every policy about files on disk.
 
+pub mod append;
 pub mod atomic;
 pub mod config;
 pub mod db;
 pub mod dedupe;
+pub mod deliver_db;
 pub mod lock;
 pub mod mailbox;
 pub mod mailbox_lock;

@@ -406,6 +406,56 @@ impl RootLock {
     }
 }
 
+/// Adds one mailbox's change of usage (`new - old`) to its quota root under the root's
+/// lock, as `quota_update_useds` does: never below zero, and into the `SCAN` totals too
+/// when a `quota -f` is counting the root and has passed this mailbox already. User roots
+/// get the next `MODSEQ`, as `quota_write` gives them. Returns false when there is no
+/// such root (Cyrus then changes nothing either).
+pub fn charge_root(
+    store: &QuotaStore,
+    root: &[u8],
+    mailbox: &[u8],
+    old: &Usage,
+    new: &Usage,
+    timeout: Duration,
+) -> Result<bool, QuotaStoreError> {
+    let mut rl = store.lock_root(root, timeout)?;
+    let Some(mut q) = rl.record.clone() else {
+        return Ok(false);
+    };
+    let apply = |v: u64, i: usize| -> u64 {
+        let (o, n) = (
+            old.get(i).copied().unwrap_or(0),
+            new.get(i).copied().unwrap_or(0),
+        );
+        if n >= o {
+            v.saturating_add(n - o)
+        } else {
+            v.saturating_sub(o - n)
+        }
+    };
+    for res in crate::format::quota::Resource::ALL {
+        let u = &mut q.get_mut(res).used;
+        *u = apply(*u, res.index());
+    }
+    if let Some(scan) = q.scan.as_mut() {
+        if mailbox <= scan.mbox.as_slice() {
+            for (i, u) in scan.used.iter_mut().enumerate() {
+                *u = apply(*u, i);
+            }
+        }
+    }
+    let local = match root.iter().position(|&b| b == b'!') {
+        Some(i) => root.get(i + 1..).unwrap_or_default(),
+        None => root,
+    };
+    if local.starts_with(b"user.") {
+        q.modseq = Some(q.modseq.unwrap_or(0).saturating_add(1));
+    }
+    rl.write(&q)?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

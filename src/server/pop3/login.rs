@@ -31,6 +31,23 @@ pub trait Credentials: Send + Sync {
     fn has_secrets(&self) -> bool;
 }
 
+/// The server's password stores ([`crate::server::auth`]) as POP3 credentials.
+pub struct AuthCredentials(pub std::sync::Arc<dyn crate::server::auth::Authenticator>);
+
+impl Credentials for AuthCredentials {
+    fn check_password(&self, user: &str, password: &[u8]) -> Result<bool, String> {
+        self.0
+            .check_password(user, password)
+            .map_err(|e| e.to_string())
+    }
+    fn secret(&self, user: &str) -> Option<Vec<u8>> {
+        self.0.secret(user)
+    }
+    fn has_secrets(&self) -> bool {
+        self.0.has_secrets()
+    }
+}
+
 /// Turn a login name into the user and mailbox it names; `None` = `-ERR [AUTH] Invalid user`.
 pub fn parse_login_name(raw: &[u8], cfg: &Pop3Config) -> Option<LoginTarget> {
     let raw = std::str::from_utf8(raw).ok()?;

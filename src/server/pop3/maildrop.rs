@@ -19,11 +19,14 @@ use std::time::Duration;
 use super::login::RECENT_WINDOW_SECS;
 use super::userdeny::UserDeny;
 use super::{LoginTarget, Maildrop, MaildropStore, MessageInfo, OpenError, Pop3Config, Update};
-use crate::format::index::{self, Index, FLAG_DELETED, OPT_POP3_NEW_UIDL};
+use crate::format::index::{
+    self, Index, IndexRecord, FLAG_DELETED, FLAG_INTERNAL_EXPUNGED, FLAG_SEEN, OPT_POP3_NEW_UIDL,
+};
+use crate::spool::append::{AppendError, MailboxWriter, SpoolContext};
 use crate::spool::config::Config;
 use crate::spool::lock::{self, FileLock, LockMode};
 use crate::spool::mailbox::{self, MailboxFiles};
-use crate::spool::mboxlist::{MboxRecord, Mboxlist};
+use crate::spool::mboxlist::MboxRecord;
 use crate::spool::names::{MboxName, NameConfig};
 use crate::spool::paths::Layout;
 
@@ -40,11 +43,11 @@ const ERR_IO: &str = "System I/O error";
 
 /// Opens maildrops in the spool named by imapd.conf.
 pub struct SpoolStore {
-    config: Arc<Config>,
     cfg: Arc<Pop3Config>,
     names: NameConfig,
     layout: Layout,
     deny: UserDeny,
+    ctx: Arc<SpoolContext>,
 }
 
 impl SpoolStore {
@@ -52,8 +55,9 @@ impl SpoolStore {
         let names = NameConfig::from_config(&config).map_err(|e| e.to_string())?;
         let layout = Layout::from_config(&config).map_err(|e| e.to_string())?;
         let deny = UserDeny::from_config(&config);
+        let ctx = Arc::new(SpoolContext::open(config.clone()).map_err(|e| e.to_string())?);
         Ok(SpoolStore {
-            config,
+            ctx,
             cfg,
             names,
             layout,
@@ -76,14 +80,10 @@ impl SpoolStore {
 
     /// A fresh lookup in mailboxes.db.
     fn lookup(&self, internal: &[u8]) -> Result<Option<MboxRecord>, OpenError> {
-        let list = Mboxlist::load(&self.config, &self.names, LOCK_TIMEOUT).map_err(|e| {
+        self.ctx.lookup(internal).map_err(|e| {
             log::error!("IOERROR: mailboxes.db: {e}");
             OpenError::Temp(ERR_IO.into())
-        })?;
-        Ok(list
-            .mailboxes
-            .into_iter()
-            .find(|m| m.name.to_internal() == internal))
+        })
     }
 }
 
@@ -189,7 +189,7 @@ impl MaildropStore for SpoolStore {
             files,
             listing,
             cfg: self.cfg.clone(),
-            config: self.config.clone(),
+            ctx: self.ctx.clone(),
             _name_lock: name_lock,
         }))
     }
@@ -268,16 +268,81 @@ pub fn next_last_login(old: i64, login_time: i64, minpoll: i64, padding: i64) ->
     }
 }
 
+/// The record of `uid`: at `recno` when the index was not repacked since login, else found
+/// by UID (records are in UID order).
+fn find_record(w: &MailboxWriter, recno: u32, uid: u32) -> Result<Option<u32>, AppendError> {
+    if recno < w.num_records() && w.record(recno)?.uid == uid {
+        return Ok(Some(recno));
+    }
+    let (mut lo, mut hi) = (0u32, w.num_records());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let r = w.record(mid)?.uid;
+        match r.cmp(&uid) {
+            std::cmp::Ordering::Equal => return Ok(Some(mid)),
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+        }
+    }
+    Ok(None)
+}
+
+/// QUIT (`cmdloop` "quit", `expunge_deleted`, `update_seen`): under the index write lock,
+/// set `pop3_last_login`, expunge the DELE'd messages, `\Seen` the retrieved ones, commit.
+pub fn apply_update(
+    ctx: &SpoolContext,
+    internal: &[u8],
+    cfg: &Pop3Config,
+    update: &Update,
+) -> Result<(), AppendError> {
+    let mut w = MailboxWriter::open(ctx, internal)?;
+    let version = w.version();
+    let to_raw = |secs: i64| {
+        let s = u64::try_from(secs).unwrap_or(0);
+        if version >= 20 {
+            s.saturating_mul(1_000_000_000)
+        } else {
+            s
+        }
+    };
+    let old = i64::try_from(index::time_secs(w.header().pop3_last_login, version)).unwrap_or(0);
+    let last = next_last_login(old, update.login_time, cfg.popminpoll, cfg.poppollpadding);
+    w.header_mut().pop3_last_login = to_raw(last);
+    for &(recno, uid) in &update.expunge {
+        let Some(recno) = find_record(&w, recno, uid)? else {
+            continue;
+        };
+        if w.record(recno)?.is_expunged() {
+            continue;
+        }
+        w.update_record(recno, &mut |r: &mut IndexRecord| {
+            r.system_flags |= FLAG_DELETED;
+            r.internal_flags |= FLAG_INTERNAL_EXPUNGED;
+        })?;
+    }
+    for &(recno, uid) in &update.seen {
+        let Some(recno) = find_record(&w, recno, uid)? else {
+            continue;
+        };
+        let r = w.record(recno)?;
+        if r.is_expunged() || r.system_flags & FLAG_SEEN != 0 {
+            continue;
+        }
+        w.update_record(recno, &mut |r: &mut IndexRecord| {
+            r.system_flags |= FLAG_SEEN
+        })?;
+    }
+    w.commit()
+}
+
 /// A user's mailbox opened by a POP3 login.
 pub struct SpoolMaildrop {
     internal: Vec<u8>,
     rights: Vec<u8>,
     files: MailboxFiles,
     listing: Listing,
-    #[allow(dead_code)]
     cfg: Arc<Pop3Config>,
-    #[allow(dead_code)]
-    config: Arc<Config>,
+    ctx: Arc<SpoolContext>,
     /// The shared mailbox namelock, held until the session ends.
     _name_lock: FileLock,
 }
@@ -304,8 +369,7 @@ impl Maildrop for SpoolMaildrop {
         Ok(Box::new(File::open(self.files.message(m.uid))?))
     }
     fn commit(self: Box<Self>, update: &Update) -> Result<(), String> {
-        let _ = (&self.internal, update);
-        Err("the QUIT update needs the spool writer (spool::append), not built yet".into())
+        apply_update(&self.ctx, &self.internal, &self.cfg, update).map_err(|e| e.to_string())
     }
 }
 

@@ -1,0 +1,348 @@
+//! `deliver.db`: lmtpd's duplicate delivery suppression (imap/duplicate.c, 3.6.1).
+//!
+//! * File: `duplicate_db_path`, default `{configdirectory}/deliver.db`; backend
+//!   `duplicate_db` (default twoskip; only twoskip is written here).
+//! * Key: `<Message-ID>\0<mailbox uniqueid>\0<Date header>\0` (each part cut at a NUL, as
+//!   the C strings are; 2.4 used the mailbox name instead of the uniqueid).
+//! * Value: the host's `time_t` then `unsigned long` uid, 8 + 8 bytes little-endian on
+//!   x86-64 (the only such value in Cyrus's databases that is not big-endian).
+//!   `duplicate_check` treats a stored time of 0 as "not seen".
+//!
+//! Writes are one twoskip transaction under the file's exclusive lock, in `mycommit`'s
+//! order (dirty header, records, committed header, each fsynced). A file left dirty by a
+//! crash, or one asking for a checkpoint, is rewritten whole (the committed pairs plus the
+//! new one) and renamed over the old under the lock, as Cyrus's recovery/checkpoint would.
+//! A missing file is created empty first, in the form Cyrus's `cyrusdb_open(CREATE)`
+//! accepts, with the configuration directory's owner.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::format::cyrusdb::{KeyOrder, LevelRng, Op};
+use crate::format::twoskip::{self, FreshOptions, TwoskipDb};
+use crate::spool::append::{AppendError, SpoolContext};
+use crate::spool::atomic::crash_point;
+use crate::spool::lock::{self, FileLock, LockMode};
+
+/// The database file.
+pub fn path(ctx: &SpoolContext) -> PathBuf {
+    ctx.config
+        .get_path("duplicate_db_path")
+        .unwrap_or_else(|| ctx.config.config_directory().join("deliver.db"))
+}
+
+fn check_backend(ctx: &SpoolContext) -> Result<(), AppendError> {
+    match ctx.config.get("duplicate_db").unwrap_or("twoskip") {
+        "twoskip" => Ok(()),
+        other => Err(AppendError::Unsupported {
+            what: format!("duplicate_db {other} (cyrkit writes twoskip only)"),
+        }),
+    }
+}
+
+/// `make_key`: the three parts, each cut at its first NUL and terminated by one.
+pub fn key(message_id: &[u8], uniqueid: &str, date: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(message_id.len() + uniqueid.len() + date.len() + 3);
+    for part in [message_id, uniqueid.as_bytes(), date] {
+        let end = part.iter().position(|&b| b == 0).unwrap_or(part.len());
+        k.extend_from_slice(part.get(..end).unwrap_or_default());
+        k.push(0);
+    }
+    k
+}
+
+/// The stored value: native `time_t` + native `unsigned long`.
+pub fn value(mark: i64, uid: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&(mark as libc::time_t).to_ne_bytes());
+    v.extend_from_slice(&(uid as libc::c_ulong).to_ne_bytes());
+    v
+}
+
+/// The time in a stored value (`duplicate_check` reads the first `time_t`).
+pub fn mark_time(value: &[u8]) -> Option<i64> {
+    const N: usize = std::mem::size_of::<libc::time_t>();
+    let b: [u8; N] = value.get(..N)?.try_into().ok()?;
+    Some(libc::time_t::from_ne_bytes(b))
+}
+
+/// Whether a delivery of this message to this mailbox is recorded (`duplicate_check`
+/// returning a nonzero time). A missing database has seen nothing.
+pub fn seen(
+    ctx: &SpoolContext,
+    message_id: &[u8],
+    uniqueid: &str,
+    date: &[u8],
+) -> Result<bool, AppendError> {
+    Ok(lookup(ctx, message_id, uniqueid, date)?.is_some_and(|t| t != 0))
+}
+
+/// The mark time stored for the key, if any.
+pub fn lookup(
+    ctx: &SpoolContext,
+    message_id: &[u8],
+    uniqueid: &str,
+    date: &[u8],
+) -> Result<Option<i64>, AppendError> {
+    check_backend(ctx)?;
+    let path = path(ctx);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let held = lock::lock_file(file, &path, LockMode::Shared, ctx.lock_timeout)?;
+    let bytes = read_all(held.file(), &path)?;
+    let db = TwoskipDb::open(&bytes).map_err(|e| corrupt(&path, e))?;
+    let k = key(message_id, uniqueid, date);
+    Ok(db
+        .get(&k)
+        .map_err(|e| corrupt(&path, e))?
+        .and_then(mark_time))
+}
+
+/// Record a delivery (`duplicate_mark`, with the current time) of the first new `uid`.
+pub fn mark(
+    ctx: &SpoolContext,
+    message_id: &[u8],
+    uniqueid: &str,
+    date: &[u8],
+    uid: u32,
+) -> Result<(), AppendError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    mark_at(ctx, message_id, uniqueid, date, now, u64::from(uid))
+}
+
+/// [`mark`] with an explicit time.
+pub fn mark_at(
+    ctx: &SpoolContext,
+    message_id: &[u8],
+    uniqueid: &str,
+    date: &[u8],
+    time: i64,
+    uid: u64,
+) -> Result<(), AppendError> {
+    check_backend(ctx)?;
+    let path = path(ctx);
+    let held = lock_creating(&path, ctx)?;
+    let bytes = read_all(held.file(), &path)?;
+    let k = key(message_id, uniqueid, date);
+    let v = value(time, uid);
+    let db = TwoskipDb::open(&bytes).map_err(|e| corrupt(&path, e))?;
+    if db.header().is_dirty() || !db.is_clean() || db.header().wants_checkpoint() {
+        return rewrite(&path, &db, &k, &v);
+    }
+    let mut rng = LevelRng::new(seed());
+    let Some(txn) =
+        twoskip::append_transaction(&bytes, &[Op::Set(&k, &v)], KeyOrder::Raw, &mut rng)
+            .map_err(|e| corrupt(&path, e))?
+    else {
+        return Ok(());
+    };
+    let f = held.file();
+    let io = io_err(&path);
+    f.write_all_at(&txn.dirty_header, 0).map_err(&io)?;
+    f.sync_data().map_err(&io)?;
+    crash_point("deliverdb-dirty");
+    for (off, w) in &txn.writes {
+        f.write_all_at(w, *off).map_err(&io)?;
+    }
+    f.sync_data().map_err(&io)?;
+    crash_point("deliverdb-records");
+    f.write_all_at(&txn.commit_header, 0).map_err(&io)?;
+    f.sync_data().map_err(&io)?;
+    crash_point("deliverdb-commit");
+    Ok(())
+}
+
+/// Replace the whole file with its committed pairs plus `k → v` (a checkpoint).
+fn rewrite(path: &Path, db: &TwoskipDb<'_>, k: &[u8], v: &[u8]) -> Result<(), AppendError> {
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for p in db.iter() {
+        let (pk, pv) = p.map_err(|e| corrupt(path, e))?;
+        if pk != k {
+            pairs.push((pk.to_vec(), pv.to_vec()));
+        }
+    }
+    let at = pairs.partition_point(|(pk, _)| pk.as_slice() < k);
+    pairs.insert(at, (k.to_vec(), v.to_vec()));
+    let bytes = twoskip::write_fresh(
+        &pairs,
+        &FreshOptions {
+            generation: db.header().generation.saturating_add(1),
+            order: KeyOrder::Raw,
+            seed: seed(),
+        },
+    )
+    .map_err(|e| corrupt(path, e))?;
+    crate::spool::atomic::replace(path, &bytes).map_err(|e| io_err(&e.path)(e.source))
+}
+
+/// Lock the database exclusively, creating it empty when missing, and re-open when it was
+/// replaced while we waited (Cyrus's `lock_reopen` inode check).
+fn lock_creating(path: &Path, ctx: &SpoolContext) -> Result<FileLock, AppendError> {
+    for _ in 0..100 {
+        let held = match lock::lock_existing(path, LockMode::Exclusive, ctx.lock_timeout) {
+            Ok(h) => h,
+            Err(lock::LockError::Open { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                create_empty(path)?;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let a = held.file().metadata().map(|m| (m.dev(), m.ino()));
+        let b = std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+        if let (Ok(a), Ok(b)) = (a, b) {
+            if a == b {
+                return Ok(held);
+            }
+        }
+    }
+    Err(AppendError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::other("file keeps being replaced while locking it"),
+    })
+}
+
+/// Create an empty twoskip database at `path` unless one appears meanwhile: written to a
+/// private name, then hard-linked into place (which fails harmlessly if another writer
+/// won the race).
+fn create_empty(path: &Path) -> Result<(), AppendError> {
+    let empty: [(&[u8], &[u8]); 0] = [];
+    let bytes =
+        twoskip::write_fresh(&empty, &FreshOptions::default()).map_err(|e| corrupt(path, e))?;
+    let tmp = {
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".cyrkit-{}", std::process::id()));
+        PathBuf::from(s)
+    };
+    let _ = std::fs::remove_file(&tmp);
+    let own = crate::spool::atomic::Ownership::for_path(path).map_err(io_err(path))?;
+    crate::spool::atomic::replace_with_ownership(&tmp, &bytes, own)
+        .map_err(|e| io_err(&e.path)(e.source))?;
+    let r = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match r {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                let _ = crate::spool::atomic::fsync_dir(dir);
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1
+}
+
+fn read_all(file: &File, path: &Path) -> Result<Vec<u8>, AppendError> {
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    file.read_exact_at(&mut buf, 0).map_err(io_err(path))?;
+    Ok(buf)
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> AppendError + '_ {
+    move |source| {
+        let path = path.to_path_buf();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => AppendError::NoSpace { path, source },
+            _ => AppendError::Io { path, source },
+        }
+    }
+}
+
+fn corrupt(path: &Path, e: impl std::fmt::Display) -> AppendError {
+    AppendError::Corrupt {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::config::Config;
+    use std::sync::Arc;
+
+    fn ctx(dir: &Path) -> SpoolContext {
+        let conf = format!(
+            "configdirectory: {0}/conf\npartition-default: {0}/spool\n",
+            dir.display()
+        );
+        std::fs::create_dir_all(dir.join("conf")).unwrap();
+        let c = Config::parse(conf.as_bytes(), dir).unwrap();
+        SpoolContext::open(Arc::new(c)).unwrap()
+    }
+
+    #[test]
+    fn key_is_three_nul_terminated_parts_cut_at_nul() {
+        assert_eq!(key(b"<a@b>", "U1", b"Mon"), b"<a@b>\0U1\0Mon\0");
+        assert_eq!(key(b"<a\0junk", "U", b""), b"<a\0U\0\0");
+    }
+
+    #[test]
+    fn value_is_native_time_then_ulong() {
+        let v = value(0x0102_0304, 7);
+        assert_eq!(v.len(), 16);
+        assert_eq!(mark_time(&v), Some(0x0102_0304));
+        assert_eq!(&v[8..], &7u64.to_ne_bytes());
+        assert_eq!(mark_time(b"short"), None);
+    }
+
+    #[test]
+    fn mark_then_seen_creates_and_appends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = ctx(tmp.path());
+        assert!(!seen(&c, b"<m1@x>", "U1", b"d").unwrap());
+        mark(&c, b"<m1@x>", "U1", b"d", 4).unwrap();
+        assert!(seen(&c, b"<m1@x>", "U1", b"d").unwrap());
+        assert!(!seen(&c, b"<m1@x>", "U2", b"d").unwrap());
+        for i in 0..50u32 {
+            mark(&c, format!("<k{i}@x>").as_bytes(), "U1", b"d", i).unwrap();
+        }
+        // A time of 0 reads as "not seen", as duplicate_check's caller treats it.
+        mark_at(&c, b"<zero@x>", "U1", b"d", 0, 1).unwrap();
+        assert!(!seen(&c, b"<zero@x>", "U1", b"d").unwrap());
+        let bytes = std::fs::read(path(&c)).unwrap();
+        let db = TwoskipDb::open(&bytes).unwrap();
+        assert!(db.verify().is_empty());
+        assert_eq!(db.iter().count(), 52);
+        for i in 0..50u32 {
+            assert!(seen(&c, format!("<k{i}@x>").as_bytes(), "U1", b"d").unwrap());
+        }
+    }
+
+    #[test]
+    fn a_dirty_file_is_rewritten_with_the_committed_pairs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = ctx(tmp.path());
+        mark(&c, b"<a@x>", "U", b"d", 1).unwrap();
+        let p = path(&c);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mut h = twoskip::Header::parse(&bytes).unwrap();
+        h.flags |= 1;
+        bytes[..twoskip::HEADER_SIZE].copy_from_slice(&h.sealed().to_bytes());
+        std::fs::write(&p, &bytes).unwrap();
+        mark(&c, b"<b@x>", "U", b"d", 2).unwrap();
+        let after = std::fs::read(&p).unwrap();
+        let db = TwoskipDb::open(&after).unwrap();
+        assert!(!db.header().is_dirty());
+        assert!(db.verify().is_empty());
+        assert!(seen(&c, b"<a@x>", "U", b"d").unwrap());
+        assert!(seen(&c, b"<b@x>", "U", b"d").unwrap());
+    }
+}
