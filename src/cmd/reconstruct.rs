@@ -610,6 +610,11 @@ fn recount_roots(common: &Common, nc: &NameConfig, roots: &BTreeSet<Vec<u8>>) ->
 /// when a `quota -f` is counting the root and has passed this mailbox already. User roots
 /// get the next `MODSEQ`, as `quota_write` gives them. Returns false when there is no
 /// such root (Cyrus then changes nothing either).
+///
+/// Serialised within the process: the root's lock is a POSIX `fcntl` lock, which does not
+/// exclude other threads of the same process (and is released for all of them when any
+/// closes the file), so two mailboxes of one root reconstructed in parallel would both read
+/// the old usage and race on `<file>.NEW` (one rename failing with ENOENT, one update lost).
 fn charge_root(
     store: &QuotaStore,
     root: &[u8],
@@ -617,6 +622,10 @@ fn charge_root(
     old: &Usage,
     new: &Usage,
 ) -> Result<bool, QuotaStoreError> {
+    static IN_PROCESS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A panic elsewhere while holding it leaves nothing half-done here: the file is replaced
+    // atomically, so a poisoned mutex is still usable.
+    let _one_at_a_time = IN_PROCESS.lock().unwrap_or_else(|e| e.into_inner());
     let mut rl = store.lock_root(root, LOCK_TIMEOUT)?;
     let Some(mut q) = rl.record.clone() else {
         return Ok(false);
@@ -2073,6 +2082,42 @@ fn report_counts(p: &mut Plan, name: &str, old: &IndexHeader, new: &IndexHeader)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_charges_to_one_root_are_all_applied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "configdirectory: {0}/conf\npartition-default: {0}/spool\n",
+            tmp.path().display()
+        );
+        let c = Config::parse(conf.as_bytes(), tmp.path()).unwrap();
+        let l = Layout::from_config(&c).unwrap();
+        let file = l.quotalegacy_file(b"user.alice").unwrap();
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"0\n2000\n").unwrap();
+        let store = QuotaStore::open(&c, &l).unwrap();
+        let (old, new): (Usage, Usage) = ([0, 0, 0, 0], [10, 1, 0, 0]);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let store = &store;
+                s.spawn(move || {
+                    let name = format!("user.alice.f{t}");
+                    for _ in 0..25 {
+                        assert!(
+                            charge_root(store, b"user.alice", name.as_bytes(), &old, &new).unwrap()
+                        );
+                    }
+                });
+            }
+        });
+        let q = store
+            .lock_root(b"user.alice", Duration::from_secs(1))
+            .unwrap()
+            .record
+            .unwrap();
+        assert_eq!(q.get(crate::format::quota::Resource::Storage).used, 1000);
+        assert_eq!(q.get(crate::format::quota::Resource::Message).used, 100);
+    }
 
     #[test]
     fn glob_matches_like_cyrus() {
