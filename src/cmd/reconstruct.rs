@@ -1768,11 +1768,21 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     }
 
     // Files without a record: above last_uid they keep their UID, below they are appended.
-    let inode_of: HashMap<(u64, u64), u32> = files
-        .values()
-        .filter(|f| matched.contains(&f.uid) || f.uid > last_uid)
-        .map(|f| ((f.dev, f.ino), f.uid))
-        .collect();
+    // A file below last_uid may be another name of a kept message: the identities of those
+    // are only gathered when there is such a file (with the index lost there is none, and
+    // the map would cost ~40 bytes per message).
+    let twins_possible = files
+        .keys()
+        .any(|uid| *uid <= last_uid && !matched.contains(uid));
+    let inode_of: HashMap<(u64, u64), u32> = if twins_possible {
+        files
+            .values()
+            .filter(|f| matched.contains(&f.uid) || f.uid > last_uid)
+            .map(|f| ((f.dev, f.ino), f.uid))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut found: Vec<u32> = Vec::new();
     for (&uid, f) in files {
         if matched.contains(&uid) {
@@ -1794,60 +1804,68 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     }
     discovered.sort_unstable();
     discovered.dedup();
-    let mut appended: Vec<IndexRecord> = Vec::new();
-    let mut add =
-        |uid: u32, new_uid: u32, p: &mut Plan, new_cache: &mut NewCache| -> anyhow::Result<bool> {
-            let Some(f) = files.get(&uid) else {
-                return Ok(false);
-            };
-            if f.size == 0 {
-                p.say(
-                    "not-found",
-                    Some(uid),
-                    format!("{name} uid {uid} not found"),
-                );
-                return Ok(false);
-            }
-            let parsed = parse
-                .parse(f)
-                .with_context(|| format!("reading {}", f.path.display()))?;
-            p.messages += 1;
-            let m = &parsed;
-            let internaldate = u64::try_from(f.mtime).unwrap_or(0);
-            let off = new_cache.len();
-            new_cache.push(parsed.entry_off, parsed.entry_len);
-            appended.push(IndexRecord {
-                uid: new_uid,
-                internaldate,
-                sentdate: if m.sentdate != 0 {
-                    m.sentdate
-                } else {
-                    local_midnight(internaldate)
-                },
-                size: m.size,
-                header_size: m.header_size,
-                gmtime: if m.gmtime != 0 {
-                    m.gmtime
-                } else {
-                    internaldate
-                },
-                cache_offset: off,
-                last_updated: ctx.now,
-                savedate: ctx.now,
-                cache_version: CACHE_VERSION_36,
-                guid: m.guid,
-                cache_crc: parsed.entry_crc,
-                ..IndexRecord::default()
-            });
-            Ok(true)
+    drop(inode_of);
+    // New records go straight after the old ones (their UIDs are above every old UID), not
+    // into a second vector copied over later: for a mailbox whose index is lost that would
+    // hold every record twice.
+    let first_appended = records.len();
+    let mut add = |uid: u32,
+                   new_uid: u32,
+                   p: &mut Plan,
+                   new_cache: &mut NewCache,
+                   records: &mut Vec<IndexRecord>|
+     -> anyhow::Result<bool> {
+        let Some(f) = files.get(&uid) else {
+            return Ok(false);
         };
+        if f.size == 0 {
+            p.say(
+                "not-found",
+                Some(uid),
+                format!("{name} uid {uid} not found"),
+            );
+            return Ok(false);
+        }
+        let parsed = parse
+            .parse(f)
+            .with_context(|| format!("reading {}", f.path.display()))?;
+        p.messages += 1;
+        let m = &parsed;
+        let internaldate = u64::try_from(f.mtime).unwrap_or(0);
+        let off = new_cache.len();
+        new_cache.push(parsed.entry_off, parsed.entry_len);
+        records.push(IndexRecord {
+            uid: new_uid,
+            internaldate,
+            sentdate: if m.sentdate != 0 {
+                m.sentdate
+            } else {
+                local_midnight(internaldate)
+            },
+            size: m.size,
+            header_size: m.header_size,
+            gmtime: if m.gmtime != 0 {
+                m.gmtime
+            } else {
+                internaldate
+            },
+            cache_offset: off,
+            last_updated: ctx.now,
+            savedate: ctx.now,
+            cache_version: CACHE_VERSION_36,
+            guid: m.guid,
+            cache_crc: parsed.entry_crc,
+            ..IndexRecord::default()
+        });
+        Ok(true)
+    };
     for uid in found {
         p.say(
             "found",
             Some(uid),
             format!("{name} uid {uid} found - adding"),
         );
-        if add(uid, uid, &mut p, &mut new_cache)? {
+        if add(uid, uid, &mut p, &mut new_cache, &mut records)? {
             last_uid = last_uid.max(uid);
         }
     }
@@ -1858,14 +1876,14 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             format!("{name} uid {uid} rediscovered - appending"),
         );
         let new_uid = last_uid.saturating_add(1);
-        if add(uid, new_uid, &mut p, &mut new_cache)? {
+        if add(uid, new_uid, &mut p, &mut new_cache, &mut records)? {
             last_uid = new_uid;
             p.files
                 .renames
                 .push((ctx.files.message(uid), ctx.files.message(new_uid)));
         }
     }
-    let any_appended = !appended.is_empty();
+    let any_appended = records.len() > first_appended;
     if !changed.is_empty() || any_appended {
         let new_modseq = highest.saturating_add(1);
         for &i in &changed {
@@ -1874,14 +1892,16 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                 r.last_updated = ctx.now;
             }
         }
-        for r in &mut appended {
+        for r in records.iter_mut().skip(first_appended) {
             r.modseq = new_modseq;
             r.createdmodseq = new_modseq;
         }
         highest = new_modseq;
     }
-    records.extend(appended);
-    records.sort_by_key(|r| r.uid);
+    // Already in UID order (found UIDs are above last_uid and ascending, rediscovered ones
+    // take new UIDs above them); UIDs are unique, so an unstable sort is the same and needs
+    // no scratch buffer of half the records.
+    records.sort_unstable_by_key(|r| r.uid);
 
     // The header: counts and CRCs from the records.
     let mut nh = ih.clone();
