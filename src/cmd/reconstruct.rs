@@ -1133,11 +1133,15 @@ impl Env<'_> {
         // Parse outside the exclusive lock, then lock, re-read, re-plan if anything moved.
         let first = read(&files)?;
         let first_plan = plan(&ctx, &first, &mut parse)?;
+        // Only what the comparison needs of the first snapshot is kept: its listing (a
+        // `PathBuf` and a tree node per file) would be held next to the second one.
+        let first = SnapshotKey::of(first);
         let locks = mailbox::lock(self.layout, m, &files, OpenMode::Exclusive, LOCK_TIMEOUT)?;
         let snap = read(&files)?;
-        let p = if snap == first {
+        let p = if first.matches(&snap) {
             first_plan
         } else {
+            drop(first_plan);
             plan(&ctx, &snap, &mut parse)?
         };
         mailbox::commit(&files, &p.files)?;
@@ -1169,6 +1173,60 @@ impl Env<'_> {
         report.messages = p.messages;
         report.db_uidvalidity = p.db_uidvalidity;
         Ok(())
+    }
+}
+
+/// A [`Snapshot`] reduced to what decides whether a plan made from it still holds: the
+/// metadata files' bytes and, per message file, its UID, name length (which, with the UID,
+/// determines the name: `0123.` and `123.` are both UID 123), size, mtime and identity;
+/// the odd files as they are. 32 bytes per message instead of a listing entry's ~170.
+#[derive(Debug)]
+struct SnapshotKey {
+    header: Option<Vec<u8>>,
+    index: Option<Vec<u8>>,
+    cache: Option<Vec<u8>>,
+    messages: Vec<MessageKey>,
+    odd: Vec<PathBuf>,
+}
+
+/// uid, name length, size, mtime, dev, ino.
+type MessageKey = (u32, u32, u64, i64, u64, u64);
+
+fn message_keys(listing: &mailbox::DirListing) -> impl Iterator<Item = MessageKey> + '_ {
+    use std::os::unix::ffi::OsStrExt;
+    listing.messages.values().map(|f| {
+        let path = f.path.as_os_str().as_bytes();
+        let name_len = path.rsplit(|&c| c == b'/').next().map_or(0, <[u8]>::len);
+        (
+            f.uid,
+            u32::try_from(name_len).unwrap_or(u32::MAX),
+            f.size,
+            f.mtime,
+            f.dev,
+            f.ino,
+        )
+    })
+}
+
+impl SnapshotKey {
+    fn of(s: Snapshot) -> SnapshotKey {
+        SnapshotKey {
+            messages: message_keys(&s.listing).collect(),
+            odd: s.listing.odd,
+            header: s.header,
+            index: s.index,
+            cache: s.cache,
+        }
+    }
+
+    /// Whether `s` is the snapshot this key was made of (same bytes, same files).
+    fn matches(&self, s: &Snapshot) -> bool {
+        self.header == s.header
+            && self.index == s.index
+            && self.cache == s.cache
+            && self.odd == s.listing.odd
+            && self.messages.len() == s.listing.messages.len()
+            && self.messages.iter().copied().eq(message_keys(&s.listing))
     }
 }
 
@@ -1969,7 +2027,9 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             d.exists == oh.exists && d.quota_mailbox_used == oh.quota_mailbox_used
         })
         .map(mailbox_usage);
-    let index_bytes = index::write_index(&nh, &records, version)?;
+    let mut index_bytes = index::write_index(&nh, &records, version)?;
+    // It grew by doubling; the plan may be kept while the mailbox is re-read under the lock.
+    index_bytes.shrink_to_fit();
     if snap.index.as_deref() != Some(&index_bytes[..]) {
         p.files.index = Some(index_bytes);
     }
@@ -2102,6 +2162,40 @@ fn report_counts(p: &mut Plan, name: &str, old: &IndexHeader, new: &IndexHeader)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_key_sees_every_change_of_the_listing() {
+        let file = |uid: u32, name: &str, size: u64| mailbox::MessageFile {
+            uid,
+            path: PathBuf::from(format!("/d/{name}")),
+            size,
+            mtime: 7,
+            dev: 1,
+            ino: u64::from(uid),
+        };
+        let snap = |files: Vec<mailbox::MessageFile>| Snapshot {
+            header: Some(b"h".to_vec()),
+            index: None,
+            cache: None,
+            listing: mailbox::DirListing {
+                messages: files.into_iter().map(|f| (f.uid, f)).collect(),
+                odd: Vec::new(),
+            },
+        };
+        let base = || snap(vec![file(1, "1.", 10), file(2, "2.", 20)]);
+        let key = SnapshotKey::of(base());
+        assert!(key.matches(&base()));
+        assert!(!key.matches(&snap(vec![file(1, "1.", 10)])));
+        assert!(!key.matches(&snap(vec![file(1, "1.", 10), file(2, "2.", 21)])));
+        assert!(!key.matches(&snap(vec![file(1, "1.", 10), file(2, "02.", 20)])));
+        assert!(!key.matches(&snap(vec![file(1, "1.", 10), file(3, "3.", 20)])));
+        let mut other = base();
+        other.index = Some(Vec::new());
+        assert!(!key.matches(&other));
+        let mut odd = base();
+        odd.listing.odd.push(PathBuf::from("/d/x"));
+        assert!(!key.matches(&odd));
+    }
 
     #[test]
     fn parallel_charges_to_one_root_are_all_applied() {
