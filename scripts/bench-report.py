@@ -48,7 +48,8 @@ def main():
                 r["ratio_text"] = f"cyrkit at {r['ratio']:.2f}x the floor"
             else:
                 r["ratio"] = r["median_s"] / k
-                r["ratio_text"] = f"cyrkit {r['ratio']:.2f}x faster"
+                r["ratio_text"] = (f"cyrkit {r['ratio']:.2f}x faster" if r["ratio"] >= 1
+                                   else f"cyrkit {1 / r['ratio']:.2f}x slower")
     m = json.loads(machine)
     json.dump({"command": command, "machine": m, "results": results}, open(out, "w"), indent=1)
 
