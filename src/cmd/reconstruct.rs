@@ -1179,7 +1179,7 @@ impl Env<'_> {
 /// A [`Snapshot`] reduced to what decides whether a plan made from it still holds: the
 /// metadata files' bytes and, per message file, its UID, name length (which, with the UID,
 /// determines the name: `0123.` and `123.` are both UID 123), size, mtime and identity;
-/// the odd files as they are. 32 bytes per message instead of a listing entry's ~170.
+/// the odd files as they are. 40 bytes per message instead of a listing entry's ~170.
 #[derive(Debug)]
 struct SnapshotKey {
     header: Option<Vec<u8>>,
