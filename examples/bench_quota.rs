@@ -8,8 +8,15 @@
 //! it nor `cyrkit quota -f` reads messages or the cache. The true usage of each root is
 //! written to `OUTDIR/expected.json` in Cyrus's `quota -J` shape (usage only).
 //!
-//! Usage: `cargo run --release --example bench_quota -- OUTDIR [MAILBOXES] [RECORDS]`
+//! Usage: `cargo run --release --example bench_quota -- OUTDIR [MAILBOXES] [RECORDS] [MSGDIR]`
 //! (default 1,000 mailboxes x 100 records).
+//!
+//! With MSGDIR (a directory of message files `1.` .. `N.`, N >= MAILBOXES x RECORDS, as
+//! `bench_reconstruct` writes them), every mailbox gets RECORDS real messages instead:
+//! mailbox k's `1.` .. `R.` are hard links to MSGDIR's `kR+1.` .. `(k+1)R.` (no extra disk),
+//! and its `cyrus.index` has no records, so a reconstruct adds every file and builds the
+//! index and cache (`scripts/bench` does that with cyrkit). `expected.json` is not written
+//! then (the usage is only known after that reconstruct).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +54,7 @@ fn main() -> Result<(), Error> {
     };
     let mailboxes = num(1_000)?;
     let records = num(100)?;
+    let msgdir: Option<PathBuf> = args.next().map(PathBuf::from);
     std::fs::create_dir_all(out.join("conf"))?;
     std::fs::create_dir_all(out.join("spool"))?;
     let out = out.canonicalize()?;
@@ -83,7 +91,14 @@ fn main() -> Result<(), Error> {
             }],
         };
         let dir = layout.meta_dir("default", MailboxDir::Legacy(&name), MetaFile::Header)?;
-        let usage = write_mailbox(&dir, &internal, &root, &uniqueid, &acl, i, records)?;
+        let usage = match &msgdir {
+            Some(src) => {
+                write_mailbox(&dir, &internal, &root, &uniqueid, &acl, i, 0)?;
+                link_messages(src, &dir, i * records, records)?;
+                0
+            }
+            None => write_mailbox(&dir, &internal, &root, &uniqueid, &acl, i, records)?,
+        };
         let e = expected.entry(root.clone()).or_default();
         e[0] += usage;
         e[1] += records as u64;
@@ -151,12 +166,24 @@ fn main() -> Result<(), Error> {
             )
         })
         .collect();
-    std::fs::write(out.join("expected.json"), serde_json::to_vec_pretty(&json)?)?;
+    if msgdir.is_none() {
+        std::fs::write(out.join("expected.json"), serde_json::to_vec_pretty(&json)?)?;
+    }
     eprintln!(
         "{mailboxes} mailboxes x {records} records, {} quota roots, under {}",
         expected.len(),
         out.display()
     );
+    Ok(())
+}
+
+/// Hard-links `src/{first+1}.` .. `src/{first+n}.` as `dir/1.` .. `dir/n.`.
+fn link_messages(src: &Path, dir: &Path, first: usize, n: usize) -> Result<(), Error> {
+    for uid in 1..=n {
+        let from = src.join(format!("{}.", first + uid));
+        std::fs::hard_link(&from, dir.join(format!("{uid}.")))
+            .map_err(|e| format!("linking {}: {e}", from.display()))?;
+    }
     Ok(())
 }
 

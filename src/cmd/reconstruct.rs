@@ -1075,11 +1075,15 @@ impl Env<'_> {
         // Parse outside the exclusive lock, then lock, re-read, re-plan if anything moved.
         let first = read(&files)?;
         let first_plan = plan(&ctx, &first, &mut parse)?;
+        // Only what the comparison needs of the first snapshot is kept: its listing (a
+        // `PathBuf` and a tree node per file) would be held next to the second one.
+        let first = SnapshotKey::of(first);
         let locks = mailbox::lock(self.layout, m, &files, OpenMode::Exclusive, LOCK_TIMEOUT)?;
         let snap = read(&files)?;
-        let p = if snap == first {
+        let p = if first.matches(&snap) {
             first_plan
         } else {
+            drop(first_plan);
             plan(&ctx, &snap, &mut parse)?
         };
         mailbox::commit(&files, &p.files)?;
@@ -1118,6 +1122,60 @@ impl Env<'_> {
         report.messages = p.messages;
         report.db_uidvalidity = p.db_uidvalidity;
         Ok(())
+    }
+}
+
+/// A [`Snapshot`] reduced to what decides whether a plan made from it still holds: the
+/// metadata files' bytes and, per message file, its UID, name length (which, with the UID,
+/// determines the name: `0123.` and `123.` are both UID 123), size, mtime and identity;
+/// the odd files as they are. 40 bytes per message instead of a listing entry's ~170.
+#[derive(Debug)]
+struct SnapshotKey {
+    header: Option<Vec<u8>>,
+    index: Option<Vec<u8>>,
+    cache: Option<Vec<u8>>,
+    messages: Vec<MessageKey>,
+    odd: Vec<PathBuf>,
+}
+
+/// uid, name length, size, mtime, dev, ino.
+type MessageKey = (u32, u32, u64, i64, u64, u64);
+
+fn message_keys(listing: &mailbox::DirListing) -> impl Iterator<Item = MessageKey> + '_ {
+    use std::os::unix::ffi::OsStrExt;
+    listing.messages.values().map(|f| {
+        let path = f.path.as_os_str().as_bytes();
+        let name_len = path.rsplit(|&c| c == b'/').next().map_or(0, <[u8]>::len);
+        (
+            f.uid,
+            u32::try_from(name_len).unwrap_or(u32::MAX),
+            f.size,
+            f.mtime,
+            f.dev,
+            f.ino,
+        )
+    })
+}
+
+impl SnapshotKey {
+    fn of(s: Snapshot) -> SnapshotKey {
+        SnapshotKey {
+            messages: message_keys(&s.listing).collect(),
+            odd: s.listing.odd,
+            header: s.header,
+            index: s.index,
+            cache: s.cache,
+        }
+    }
+
+    /// Whether `s` is the snapshot this key was made of (same bytes, same files).
+    fn matches(&self, s: &Snapshot) -> bool {
+        self.header == s.header
+            && self.index == s.index
+            && self.cache == s.cache
+            && self.odd == s.listing.odd
+            && self.messages.len() == s.listing.messages.len()
+            && self.messages.iter().copied().eq(message_keys(&s.listing))
     }
 }
 
@@ -1691,11 +1749,21 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     }
 
     // Files without a record: above last_uid they keep their UID, below they are appended.
-    let inode_of: HashMap<(u64, u64), u32> = files
-        .values()
-        .filter(|f| matched.contains(&f.uid) || f.uid > last_uid)
-        .map(|f| ((f.dev, f.ino), f.uid))
-        .collect();
+    // A file below last_uid may be another name of a kept message: the identities of those
+    // are only gathered when there is such a file (with the index lost there is none, and
+    // the map would cost ~40 bytes per message).
+    let twins_possible = files
+        .keys()
+        .any(|uid| *uid <= last_uid && !matched.contains(uid));
+    let inode_of: HashMap<(u64, u64), u32> = if twins_possible {
+        files
+            .values()
+            .filter(|f| matched.contains(&f.uid) || f.uid > last_uid)
+            .map(|f| ((f.dev, f.ino), f.uid))
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut found: Vec<u32> = Vec::new();
     for (&uid, f) in files {
         if matched.contains(&uid) {
@@ -1717,54 +1785,62 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     }
     discovered.sort_unstable();
     discovered.dedup();
-    let mut appended: Vec<IndexRecord> = Vec::new();
-    let mut add =
-        |uid: u32, new_uid: u32, p: &mut Plan, new_cache: &mut NewCache| -> anyhow::Result<bool> {
-            let Some(f) = files.get(&uid) else {
-                return Ok(false);
-            };
-            if f.size == 0 {
-                p.say(
-                    "not-found",
-                    Some(uid),
-                    format!("{name} uid {uid} not found"),
-                );
-                return Ok(false);
-            }
-            let parsed = parse
-                .parse(f)
-                .with_context(|| format!("reading {}", f.path.display()))?;
-            p.messages += 1;
-            let m = &parsed;
-            let internaldate = u64::try_from(f.mtime).unwrap_or(0);
-            let off = new_cache.len();
-            new_cache.push(parsed.entry_off, parsed.entry_len);
-            let (sentdate, gmtime) =
-                crate::mime::date::record_dates(m.sentdate, m.gmtime, internaldate);
-            appended.push(IndexRecord {
-                uid: new_uid,
-                internaldate,
-                sentdate,
-                size: m.size,
-                header_size: m.header_size,
-                gmtime,
-                cache_offset: off,
-                last_updated: ctx.now,
-                savedate: ctx.now,
-                cache_version: CACHE_VERSION_36,
-                guid: m.guid,
-                cache_crc: parsed.entry_crc,
-                ..IndexRecord::default()
-            });
-            Ok(true)
+    drop(inode_of);
+    // New records go straight after the old ones (their UIDs are above every old UID), not
+    // into a second vector copied over later: for a mailbox whose index is lost that would
+    // hold every record twice.
+    let first_appended = records.len();
+    let mut add = |uid: u32,
+                   new_uid: u32,
+                   p: &mut Plan,
+                   new_cache: &mut NewCache,
+                   records: &mut Vec<IndexRecord>|
+     -> anyhow::Result<bool> {
+        let Some(f) = files.get(&uid) else {
+            return Ok(false);
         };
+        if f.size == 0 {
+            p.say(
+                "not-found",
+                Some(uid),
+                format!("{name} uid {uid} not found"),
+            );
+            return Ok(false);
+        }
+        let parsed = parse
+            .parse(f)
+            .with_context(|| format!("reading {}", f.path.display()))?;
+        p.messages += 1;
+        let m = &parsed;
+        let internaldate = u64::try_from(f.mtime).unwrap_or(0);
+        let off = new_cache.len();
+        new_cache.push(parsed.entry_off, parsed.entry_len);
+        let (sentdate, gmtime) =
+            crate::mime::date::record_dates(m.sentdate, m.gmtime, internaldate);
+        records.push(IndexRecord {
+            uid: new_uid,
+            internaldate,
+            sentdate,
+            size: m.size,
+            header_size: m.header_size,
+            gmtime,
+            cache_offset: off,
+            last_updated: ctx.now,
+            savedate: ctx.now,
+            cache_version: CACHE_VERSION_36,
+            guid: m.guid,
+            cache_crc: parsed.entry_crc,
+            ..IndexRecord::default()
+        });
+        Ok(true)
+    };
     for uid in found {
         p.say(
             "found",
             Some(uid),
             format!("{name} uid {uid} found - adding"),
         );
-        if add(uid, uid, &mut p, &mut new_cache)? {
+        if add(uid, uid, &mut p, &mut new_cache, &mut records)? {
             last_uid = last_uid.max(uid);
         }
     }
@@ -1775,14 +1851,14 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             format!("{name} uid {uid} rediscovered - appending"),
         );
         let new_uid = last_uid.saturating_add(1);
-        if add(uid, new_uid, &mut p, &mut new_cache)? {
+        if add(uid, new_uid, &mut p, &mut new_cache, &mut records)? {
             last_uid = new_uid;
             p.files
                 .renames
                 .push((ctx.files.message(uid), ctx.files.message(new_uid)));
         }
     }
-    let any_appended = !appended.is_empty();
+    let any_appended = records.len() > first_appended;
     if !changed.is_empty() || any_appended {
         let new_modseq = highest.saturating_add(1);
         for &i in &changed {
@@ -1791,14 +1867,16 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                 r.last_updated = ctx.now;
             }
         }
-        for r in &mut appended {
+        for r in records.iter_mut().skip(first_appended) {
             r.modseq = new_modseq;
             r.createdmodseq = new_modseq;
         }
         highest = new_modseq;
     }
-    records.extend(appended);
-    records.sort_by_key(|r| r.uid);
+    // Already in UID order (found UIDs are above last_uid and ascending, rediscovered ones
+    // take new UIDs above them); UIDs are unique, so an unstable sort is the same and needs
+    // no scratch buffer of half the records.
+    records.sort_unstable_by_key(|r| r.uid);
 
     // The header: counts and CRCs from the records.
     let mut nh = ih.clone();
@@ -1866,7 +1944,9 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             d.exists == oh.exists && d.quota_mailbox_used == oh.quota_mailbox_used
         })
         .map(mailbox_usage);
-    let index_bytes = index::write_index(&nh, &records, version)?;
+    let mut index_bytes = index::write_index(&nh, &records, version)?;
+    // It grew by doubling; the plan may be kept while the mailbox is re-read under the lock.
+    index_bytes.shrink_to_fit();
     if snap.index.as_deref() != Some(&index_bytes[..]) {
         p.files.index = Some(index_bytes);
     }
@@ -1999,6 +2079,82 @@ fn report_counts(p: &mut Plan, name: &str, old: &IndexHeader, new: &IndexHeader)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_key_sees_every_change_of_the_listing() {
+        let file = |uid: u32, name: &str, size: u64| mailbox::MessageFile {
+            uid,
+            path: PathBuf::from(format!("/d/{name}")),
+            size,
+            mtime: 7,
+            dev: 1,
+            ino: u64::from(uid),
+        };
+        let snap = |files: Vec<mailbox::MessageFile>| Snapshot {
+            header: Some(b"h".to_vec()),
+            index: None,
+            cache: None,
+            listing: mailbox::DirListing {
+                messages: files.into_iter().map(|f| (f.uid, f)).collect(),
+                odd: Vec::new(),
+            },
+        };
+        let base = || snap(vec![file(1, "1.", 10), file(2, "2.", 20)]);
+        let key = SnapshotKey::of(base());
+        assert!(key.matches(&base()));
+        assert!(!key.matches(&snap(vec![file(1, "1.", 10)])));
+        assert!(!key.matches(&snap(vec![file(1, "1.", 10), file(2, "2.", 21)])));
+        assert!(!key.matches(&snap(vec![file(1, "1.", 10), file(2, "02.", 20)])));
+        assert!(!key.matches(&snap(vec![file(1, "1.", 10), file(3, "3.", 20)])));
+        let mut other = base();
+        other.index = Some(Vec::new());
+        assert!(!key.matches(&other));
+        let mut odd = base();
+        odd.listing.odd.push(PathBuf::from("/d/x"));
+        assert!(!key.matches(&odd));
+    }
+
+    #[test]
+    fn parallel_charges_to_one_root_are_all_applied() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "configdirectory: {0}/conf\npartition-default: {0}/spool\n",
+            tmp.path().display()
+        );
+        let c = Config::parse(conf.as_bytes(), tmp.path()).unwrap();
+        let l = Layout::from_config(&c).unwrap();
+        let file = l.quotalegacy_file(b"user.alice").unwrap();
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, b"0\n2000\n").unwrap();
+        let store = crate::spool::quota::QuotaStore::open(&c, &l).unwrap();
+        let (old, new): (Usage, Usage) = ([0, 0, 0, 0], [10, 1, 0, 0]);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let store = &store;
+                s.spawn(move || {
+                    let name = format!("user.alice.f{t}");
+                    for _ in 0..25 {
+                        assert!(crate::spool::quota::charge_root(
+                            store,
+                            b"user.alice",
+                            name.as_bytes(),
+                            &old,
+                            &new,
+                            Duration::from_secs(30)
+                        )
+                        .unwrap());
+                    }
+                });
+            }
+        });
+        let q = store
+            .lock_root(b"user.alice", Duration::from_secs(1))
+            .unwrap()
+            .record
+            .unwrap();
+        assert_eq!(q.get(crate::format::quota::Resource::Storage).used, 1000);
+        assert_eq!(q.get(crate::format::quota::Resource::Message).used, 100);
+    }
 
     #[test]
     fn glob_matches_like_cyrus() {
