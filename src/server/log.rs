@@ -13,7 +13,14 @@ struct StderrLog {
 
 impl ::log::Log for StderrLog {
     fn enabled(&self, metadata: &::log::Metadata) -> bool {
-        metadata.level() <= self.level
+        // rustls reports every odd client hello (an IP address sent as SNI by fetchmail,
+        // curl, ...) as a warning: noise in an admin's log. Its errors still show.
+        let level = if metadata.target().starts_with("rustls") {
+            self.level.min(::log::LevelFilter::Error)
+        } else {
+            self.level
+        };
+        metadata.level() <= level
     }
 
     fn log(&self, record: &::log::Record) {
