@@ -25,6 +25,9 @@ pub const MAX_RECIPIENTS: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub servername: String,
+    /// What session ids start with: `syslog_prefix` if set, else the servername
+    /// (`session_new_id`).
+    pub session_base: String,
     /// `serverinfo: on` (the default): the version in the greeting and Received.
     pub serverinfo: bool,
     /// `maxmessagesize`; 0 in imapd.conf means `i32::MAX`, as Cyrus.
@@ -59,6 +62,9 @@ impl Settings {
         };
         let max = config.get_int("maxmessagesize", 0)?;
         Ok(Settings {
+            session_base: config
+                .get("syslog_prefix")
+                .map_or_else(|| servername.clone(), str::to_string),
             servername,
             serverinfo: config
                 .get("serverinfo")
@@ -103,13 +109,11 @@ fn now() -> i64 {
 }
 
 /// `session_new_id`: `<servername>-<time>-<pid>-<count>-<random>`.
-fn new_session_id(servername: &str) -> String {
+fn new_session_id(base: &str) -> String {
     let n = SESSION_COUNT.fetch_add(1, Ordering::Relaxed) + 1;
     format!(
         "{}-{}-{}-{}-{}",
-        servername
-            .get(..servername.len().min(128))
-            .unwrap_or(servername),
+        base.get(..base.len().min(128)).unwrap_or(base),
         now(),
         std::process::id(),
         n,
@@ -214,7 +218,7 @@ pub fn run(
         auth,
         tls_done: false,
         lhlo: Vec::new(),
-        sid: new_session_id(&settings.servername),
+        sid: new_session_id(&settings.session_base),
         txn: None,
         chunks: None,
         bdat_failed: false,
@@ -306,7 +310,7 @@ impl Session<'_> {
             Command::Data => self.data()?,
             Command::Bdat(b) => self.bdat(b)?,
             Command::Rset => {
-                self.sid = new_session_id(&self.s.servername);
+                self.sid = new_session_id(&self.s.session_base);
                 self.end_transaction();
                 let r = format!("250 2.0.0 Ok SESSIONID=<{}>\r\n", self.sid);
                 self.send(r.as_bytes())?;
@@ -361,7 +365,7 @@ impl Session<'_> {
         r.push_str("250-IGNOREQUOTA\r\n250-CHUNKING\r\n");
         r.push_str(&format!("250 Ok SESSIONID=<{}>\r\n", self.sid));
         self.lhlo = param;
-        self.sid = new_session_id(&self.s.servername);
+        self.sid = new_session_id(&self.s.session_base);
         self.send(r.as_bytes())
     }
 
@@ -616,6 +620,10 @@ impl Session<'_> {
             format!(" with LMTP{s}{a};\r\n\t {}\r\n", rfc5322_date(now)).as_bytes(),
         );
         out.extend_from_slice(format!("X-Cyrus-Session-Id: {}\r\n", self.sid).as_bytes());
+        // No `X-Sieve: CMU Sieve 3.0`: Cyrus's lmtpd adds it to every message when built
+        // with Sieve (`mylmtp.addheaders` in `imap/lmtpd.c` main), naming the Sieve
+        // interpreter of the delivery agent. cyrkit has none (recipients with an active
+        // script are refused, see `SpoolStore::verify`), so the header would be false.
         out
     }
 

@@ -162,6 +162,7 @@ impl Authenticator for Pw {
 
 fn settings() -> Settings {
     Settings {
+        session_base: "mx.test".into(),
         servername: "mx.test".into(),
         serverinfo: false,
         max_message_size: i32::MAX as u64,
