@@ -179,6 +179,8 @@ fn prepare() -> (CyrusInstance, tempfile::TempDir) {
         admin.create(m).unwrap();
         admin.setacl(m, "cyrus", "lrswipkxtecda").unwrap();
     }
+    admin.create("user.erin").unwrap();
+    admin.setacl("user.erin", "cyrus", "lrswipkxtecda").unwrap();
     admin.setacl("user.bob.lists", "anyone", "p").unwrap();
     admin.setacl("shared.folder", "anyone", "lp").unwrap();
     for (root, kib) in ROOTS {
@@ -511,4 +513,72 @@ fn cyrkit_delivers_as_cyrus_lmtpd_does() {
             "reconstruct -n on cyrkit's copy: {rb:?}"
         );
     }
+
+    sieve_recipient(&theirs, &ours, port);
+}
+
+/// Gives erin an active Sieve script that flags every message, where Cyrus looks for it
+/// (`{sievedir}/e/erin/defaultbc`, legacy directories).
+fn install_sieve_script(cy: &CyrusInstance) {
+    let dir = cy.root().join("sieve/e/erin");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(
+        dir.join("flag.script"),
+        "require [\"imap4flags\"];\naddflag \"\\\\Flagged\";\nkeep;\n",
+    )
+    .unwrap();
+    support::cyrus::chown_cyrus(&cy.root().join("sieve")).unwrap();
+    let (src, bc) = (dir.join("flag.script"), dir.join("flag.bc"));
+    let o = cy
+        .run_tool("sievec", &[src.to_str().unwrap(), bc.to_str().unwrap()])
+        .unwrap();
+    assert!(o.status.success(), "sievec: {o:?}");
+    std::os::unix::fs::symlink("flag.bc", dir.join("defaultbc")).unwrap();
+    support::cyrus::chown_cyrus(&dir).unwrap();
+}
+
+/// FLAGS of erin's messages.
+fn erin_flags(cy: &CyrusInstance) -> Vec<Vec<String>> {
+    let mut c = cy.imap_admin().unwrap();
+    c.examine("user.erin").unwrap();
+    let s = c.fetch_summary().unwrap();
+    c.logout().unwrap();
+    s.into_iter().map(|m| m.flags).collect()
+}
+
+/// A user with an active Sieve script: Cyrus runs it; cyrkit, which cannot, refuses the
+/// recipient with 451 4.3.0 so the MTA keeps the message.
+fn sieve_recipient(theirs: &CyrusInstance, ours: &CyrusInstance, port: u16) {
+    for cy in [theirs, ours] {
+        install_sieve_script(cy);
+    }
+    let mut server = CyrkitServe::lmtp_inet(ours, port).expect("restart cyrkit serve");
+    let case = [case(
+        "erin has a Sieve script",
+        &["erin", "alice"],
+        message(Some("sieve"), b"sieve", b"for a user with a script\n"),
+    )];
+    let a = deliver_all(theirs.lmtp_port, &case);
+    let b = deliver_all(port, &case);
+    assert!(
+        a[0][0].starts_with("250 ") && a[0][1].starts_with("250 "),
+        "{a:?}"
+    );
+    assert_eq!(
+        b[0],
+        [
+            "451 4.3.0 Recipient has a Sieve script this server cannot run",
+            a[0][1].as_str()
+        ],
+        "cyrkit"
+    );
+    server.assert_clean_stop();
+    assert!(
+        server.output().contains("erin has an active Sieve script"),
+        "{}",
+        server.output()
+    );
+    // Cyrus ran the script found where cyrkit looked.
+    assert_eq!(erin_flags(theirs), [["\\Flagged", "\\Recent"]]);
+    assert!(erin_flags(ours).is_empty());
 }

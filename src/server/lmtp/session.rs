@@ -1,6 +1,7 @@
 //! One LMTP session over a [`Channel`], with Cyrus 3.6 lmtpd's replies (`lmtpmode` in
 //! `imap/lmtpengine.c`) plus CHUNKING (BDAT).
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::BufWriter;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 
-use super::address::{self, AddressConfig};
+use super::address::{self, AddressConfig, Target};
 use super::command::{self, Bdat, Command};
 use super::message::{LineSplitter, MessageOptions, Outcome, StageWriter, Written, DATA_LINE_MAX};
 use super::store::{Delivered, DeliveryError, Mailstore, Rcpt, Staged};
@@ -46,6 +47,9 @@ pub struct Settings {
     pub shutdown_file: Option<PathBuf>,
     /// Loopback TCP clients are pre-authenticated (`--lmtp-trust-loopback`).
     pub trust_loopback: bool,
+    /// Deliver to recipients with an active Sieve script as if they had none
+    /// (`--lmtp-ignore-sieve`); by default they are refused with `451 4.3.0`.
+    pub ignore_sieve: bool,
 }
 
 impl Settings {
@@ -89,6 +93,7 @@ impl Settings {
             soft_noauth: config.get_bool("soft_noauth", true)?,
             shutdown_file: Some(config.config_directory().join("msg").join("shutdown")),
             trust_loopback,
+            ignore_sieve: false,
         })
     }
 }
@@ -191,6 +196,8 @@ struct Session<'a> {
     chunks: Option<Chunks>,
     /// A BDAT transfer failed to start: its chunks are read and dropped until LAST.
     bdat_failed: bool,
+    /// Users whose Sieve script was logged about in this session.
+    sieve_logged: HashSet<Vec<u8>>,
 }
 
 enum Flow {
@@ -222,6 +229,7 @@ pub fn run(
         txn: None,
         chunks: None,
         bdat_failed: false,
+        sieve_logged: HashSet::new(),
     };
     let greeting = if settings.serverinfo {
         format!(
@@ -435,7 +443,8 @@ impl Session<'_> {
                 self.store
                     .verify(&rcpt, sender(&txn.authuser), txn.size)
                     .map(|()| rcpt)
-            });
+            })
+            .and_then(|rcpt| self.check_sieve(rcpt));
         match result {
             Ok(rcpt) => {
                 if let Some(t) = &mut self.txn {
@@ -577,6 +586,37 @@ impl Session<'_> {
                 self.send(b"501 5.5.4 bad protocol / cancel\r\n")?;
                 Ok(None)
             }
+        }
+    }
+
+    /// A recipient whose owner has an active Sieve script: refused with `451 4.3.0` (the
+    /// MTA keeps the message, e.g. for Cyrus's lmtpd), or with `ignore_sieve` accepted for
+    /// the INBOX rules. Logged once per user per session.
+    fn check_sieve(&mut self, rcpt: Rcpt) -> Result<Rcpt, DeliveryError> {
+        let Target::User { userid, .. } = &rcpt.target else {
+            return Ok(rcpt);
+        };
+        let Some(script) = self.store.active_sieve(&rcpt) else {
+            return Ok(rcpt);
+        };
+        let user = String::from_utf8_lossy(userid).into_owned();
+        if self.sieve_logged.insert(userid.clone()) {
+            let action = if self.s.ignore_sieve {
+                "delivering without it (--lmtp-ignore-sieve)"
+            } else {
+                "refusing with 451 so the MTA keeps the message"
+            };
+            log::warn!(
+                "lmtp: {user} has an active Sieve script {} that cyrkit cannot run: {action}",
+                script.display()
+            );
+        }
+        if self.s.ignore_sieve {
+            Ok(rcpt)
+        } else {
+            Err(DeliveryError::System(
+                "Recipient has a Sieve script this server cannot run".into(),
+            ))
         }
     }
 

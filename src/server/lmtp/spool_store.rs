@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::address::{self, Target};
+use super::sieve::{self, Inbox, SieveSettings};
 use super::store::{Delivered, DeliveryError, Mailstore, Rcpt, Staged};
 use crate::spool::append::{AppendError, MailboxWriter, SpoolContext, StagedMessage};
 use crate::spool::config::Config;
@@ -18,12 +19,19 @@ pub struct SpoolStore {
     strict_quota: bool,
     /// `duplicatesuppression`.
     dupelim: bool,
+    sieve: SieveSettings,
 }
 
 impl SpoolStore {
     pub fn open(config: Arc<Config>) -> anyhow::Result<SpoolStore> {
         let strict_quota = config.get_bool("lmtp_strict_quota", false)?;
         let dupelim = config.get_bool("duplicatesuppression", true)?;
+        let sieve = SieveSettings {
+            sievedir: config.get("sievedir").unwrap_or("/usr/sieve").into(),
+            usehomedir: config.get_bool("sieveusehomedir", false)?,
+            virtdomains: config.virtdomains().enabled(),
+            fulldirhash: config.get_bool("fulldirhash", false)?,
+        };
         let ctx = SpoolContext::open(config)?;
         if let Some(what) = ctx.unsupported_settings() {
             anyhow::bail!("cannot deliver into this spool: {what}");
@@ -32,6 +40,7 @@ impl SpoolStore {
             ctx,
             strict_quota,
             dupelim,
+            sieve,
         })
     }
 
@@ -169,6 +178,23 @@ impl Mailstore for SpoolStore {
             Self::may_post(record.entry.acl.as_ref(), sender)?;
         }
         self.check_quota(&internal, rcpt, size)
+    }
+
+    fn active_sieve(&self, rcpt: &Rcpt) -> Option<PathBuf> {
+        let Target::User { inbox, .. } = &rcpt.target else {
+            return None;
+        };
+        let record = self.ctx.lookup(&inbox.to_internal()).ok()??;
+        let found = sieve::find_script(
+            &self.sieve,
+            &Inbox {
+                localpart: inbox.localpart()?,
+                domain: inbox.domain(),
+                legacy_dirs: record.entry.legacy_dirs(),
+                uniqueid: record.entry.uniqueid.as_deref().unwrap_or_default(),
+            },
+        );
+        found
     }
 
     fn stage_dir(&self, rcpt: &Rcpt) -> Result<PathBuf, DeliveryError> {
