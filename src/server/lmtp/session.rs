@@ -47,6 +47,12 @@ pub struct Settings {
     pub shutdown_file: Option<PathBuf>,
     /// Loopback TCP clients are pre-authenticated (`--lmtp-trust-loopback`).
     pub trust_loopback: bool,
+    /// `lmtp_catchall_mailbox`: the user whose INBOX gets mail for recipients that fail
+    /// the RCPT check (for any reason, as Cyrus's `process_recipient`).
+    pub catchall: Option<Vec<u8>>,
+    /// `failedloginpause`: the wait before answering a failed AUTH. (Cyrus's lmtpd does
+    /// not pause; its imapd and pop3d do. cyrkit slows password guessing on TCP alike.)
+    pub failed_login_pause: std::time::Duration,
     /// Deliver to recipients with an active Sieve script as if they had none
     /// (`--lmtp-ignore-sieve`); by default they are refused with `451 4.3.0`.
     pub ignore_sieve: bool,
@@ -93,6 +99,11 @@ impl Settings {
             soft_noauth: config.get_bool("soft_noauth", true)?,
             shutdown_file: Some(config.config_directory().join("msg").join("shutdown")),
             trust_loopback,
+            catchall: config
+                .get("lmtp_catchall_mailbox")
+                .filter(|v| !v.is_empty())
+                .map(|v| v.as_bytes().to_vec()),
+            failed_login_pause: crate::server::auth::failed_login_pause(&config),
             ignore_sieve: false,
         })
     }
@@ -433,18 +444,27 @@ impl Session<'_> {
         if txn.rcpts.len() >= MAX_RECIPIENTS {
             return self.send(b"452 4.5.3 Too many recipients\r\n");
         }
-        let result = address::resolve(&r.path, &self.s.address)
+        let ignorequota = r.ignorequota();
+        let verify = |target| {
+            let rcpt = Rcpt {
+                target,
+                ignorequota,
+            };
+            self.store
+                .verify(&rcpt, sender(&txn.authuser), txn.size)
+                .map(|()| rcpt)
+        };
+        let mut result = address::resolve(&r.path, &self.s.address)
             .map_err(|_| DeliveryError::Unknown)
-            .and_then(|target| {
-                let rcpt = Rcpt {
-                    target,
-                    ignorequota: r.ignorequota(),
-                };
-                self.store
-                    .verify(&rcpt, sender(&txn.authuser), txn.size)
-                    .map(|()| rcpt)
-            })
-            .and_then(|rcpt| self.check_sieve(rcpt));
+            .and_then(verify);
+        if let (Err(_), Some(catchall)) = (&result, &self.s.catchall) {
+            // `process_recipient`: any failure falls back to the catch-all user's INBOX,
+            // whose own failure is then the answer.
+            result = address::user_target(catchall, &self.s.address)
+                .map_err(|_| DeliveryError::Unknown)
+                .and_then(verify);
+        }
+        let result = result.and_then(|rcpt| self.check_sieve(rcpt));
         match result {
             Ok(rcpt) => {
                 if let Some(t) = &mut self.txn {
@@ -540,6 +560,7 @@ impl Session<'_> {
         let host = self.ch.peer().received_host();
         if !ok {
             log::error!("badlogin: {host} {mech} ({user}) [authentication failure]");
+            std::thread::sleep(self.s.failed_login_pause);
             return self.send(b"501 5.5.4 authentication failure\r\n");
         }
         if !self.s.admins.contains(&user) {

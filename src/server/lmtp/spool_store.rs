@@ -45,7 +45,7 @@ impl SpoolStore {
     }
 
     /// Quota deltas as lmtpd: 0 ("already over"), the real size with
-    /// `lmtp_strict_quota`; IGNOREQUOTA skips the check.
+    /// `lmtp_strict_quota`; IGNOREQUOTA skips the check at delivery (`quotaoverride`).
     fn check_quota(&self, name: &[u8], rcpt: &Rcpt, size: u64) -> Result<(), DeliveryError> {
         if rcpt.ignorequota {
             return Ok(());
@@ -53,6 +53,18 @@ impl SpoolStore {
         let (storage, messages) = if self.strict_quota { (size, 1) } else { (0, 0) };
         self.ctx
             .check_quota(name, storage, messages)
+            .map_err(|e| to_delivery_error(name, e))
+    }
+
+    /// The RCPT-time check (`verify_user`): as [`Self::check_quota`], except that
+    /// IGNOREQUOTA skips only STORAGE and MESSAGE (Cyrus passes -1 for those two and 0 for
+    /// X-ANNOTATION-STORAGE and X-NUM-FOLDERS, which `append_check` still checks).
+    fn verify_quota(&self, name: &[u8], rcpt: &Rcpt, size: u64) -> Result<(), DeliveryError> {
+        if !rcpt.ignorequota {
+            return self.check_quota(name, rcpt, size);
+        }
+        self.ctx
+            .check_quota_resources(name, [None, None, Some(0), Some(0)])
             .map_err(|e| to_delivery_error(name, e))
     }
 
@@ -177,7 +189,7 @@ impl Mailstore for SpoolStore {
         if post {
             Self::may_post(record.entry.acl.as_ref(), sender)?;
         }
-        self.check_quota(&internal, rcpt, size)
+        self.verify_quota(&internal, rcpt, size)
     }
 
     fn active_sieve(&self, rcpt: &Rcpt) -> Option<PathBuf> {

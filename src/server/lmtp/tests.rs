@@ -193,6 +193,8 @@ fn settings() -> Settings {
         soft_noauth: true,
         shutdown_file: None,
         trust_loopback: false,
+        catchall: None,
+        failed_login_pause: std::time::Duration::ZERO,
         ignore_sieve: false,
     }
 }
@@ -580,4 +582,27 @@ fn recipients_with_a_sieve_script_are_refused_unless_ignored() {
     let r = script_with(input, &accepted, Peer::Unix, &s, with_script);
     let names: Vec<&str> = r.delivered.iter().map(|d| d.0.as_str()).collect();
     assert_eq!(names, ["user.bob.lists", "shared.news"]);
+}
+
+#[test]
+fn failed_recipients_fall_back_to_the_catchall_user() {
+    let input = b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<nobody>\r\nRCPT TO:<full>\r\n\
+        RCPT TO:<bob>\r\nDATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    let mut s = settings();
+    s.catchall = Some(b"bob".to_vec());
+    let lhlo = "250-mx.test\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n\
+        250-SIZE\r\n250-AUTH EXTERNAL\r\n250-IGNOREQUOTA\r\n250-CHUNKING\r\n250 Ok SESSIONID=<*>\r\n\
+        250 2.1.0 ok\r\n";
+    let want = format!(
+        "{GREETING}{lhlo}250 2.1.5 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n\
+         {OK}{OK}{OK}221 2.0.0 bye\r\n"
+    );
+    let r = script_with(input, &want, Peer::Unix, &s, Fake::new);
+    let names: Vec<&str> = r.delivered.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(names, ["user.bob", "user.bob", "user.bob"]);
+    // A catch-all that fails too: its own error is the answer.
+    s.catchall = Some(b"full".to_vec());
+    let input = b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<nobody>\r\nQUIT\r\n";
+    let want = format!("{GREETING}{lhlo}452 4.2.2 Over quota SESSIONID=<*>\r\n221 2.0.0 bye\r\n");
+    script_with(input, &want, Peer::Unix, &s, Fake::new);
 }
