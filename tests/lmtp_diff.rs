@@ -425,15 +425,25 @@ fn cyrkit_delivers_as_cyrus_lmtpd_does() {
     server.assert_clean_stop();
     theirs.stop().unwrap();
     for cy in [&theirs, &ours] {
-        add_conf(cy, "lmtp_over_quota_perm_failure: yes\n");
+        add_conf(
+            cy,
+            "lmtp_over_quota_perm_failure: yes\nlmtp_fuzzy_mailbox_match: yes\n",
+        );
     }
     theirs.start_master().unwrap();
     let mut server = CyrkitServe::lmtp_inet(&ours, port).expect("restart cyrkit serve");
-    let perm = [case(
-        "dave over quota, permanent",
-        &["dave"],
-        message(Some("quota3"), b"over quota", b"refused for dave\n"),
-    )];
+    let perm = [
+        case(
+            "dave over quota, permanent",
+            &["dave"],
+            message(Some("quota3"), b"over quota", b"refused for dave\n"),
+        ),
+        case(
+            "fuzzy +detail",
+            &["bob+Lists"],
+            message(Some("fuzzy"), b"fuzzy", b"into user.bob.lists\n"),
+        ),
+    ];
     let a = deliver_all(theirs.lmtp_port, &perm);
     let b = deliver_all(port, &perm);
     assert_eq!(a, b, "over quota with lmtp_over_quota_perm_failure");
@@ -473,8 +483,8 @@ fn cyrkit_delivers_as_cyrus_lmtpd_does() {
             }
         }
     }
-    // alice 6, bob 3 + lists 1, carol 4, dave 1, shared.folder 1.
-    assert_eq!(total, 16, "messages delivered");
+    // alice 6, bob 3 + lists 2 (one by fuzzy match), carol 4, dave 1, shared.folder 1.
+    assert_eq!(total, 17, "messages delivered");
 
     // The same files share inodes (3 links for the message to three users).
     let (ga, gb) = (
