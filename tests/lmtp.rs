@@ -152,3 +152,54 @@ fn python_lmtp_delivers_into_a_real_cyrus_spool() {
         );
     }
 }
+
+const PY_RCPT: &str = r#"
+import smtplib, sys
+c = smtplib.LMTP(sys.argv[1], int(sys.argv[2])) if len(sys.argv) > 3 else smtplib.LMTP(sys.argv[1])
+c.docmd("LHLO", "tester")
+c.mail("sender@example.org")
+code, msg = c.rcpt(sys.argv[-1])
+print(code, msg.decode())
+c.quit()
+"#;
+
+fn rcpt_reply(args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PY_RCPT)
+        .args(args)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A user an admin switched off for LMTP with Cyrus's `cyr_deny -s lmtp` is refused by
+/// cyrkit exactly as by Cyrus's lmtpd (`verify_user`: IMAP_MAILBOX_DISABLED, 451 4.2.1),
+/// while other users and other services are unaffected.
+#[test]
+fn user_denied_for_lmtp_is_refused_as_cyrus_refuses() {
+    if !require_cyrus() {
+        return;
+    }
+    let cy = CyrusInstance::start(&CyrusOptions::default()).expect("start Cyrus");
+    let mut admin = cy.imap_admin().unwrap();
+    for m in ["user.dora", "user.emil"] {
+        admin.create(m).unwrap();
+    }
+    admin.logout().unwrap();
+    let r = cy
+        .run_tool("cyr_deny", &["-s", "lmtp", "-m", "no mail", "dora"])
+        .unwrap();
+    assert!(r.status.success(), "{r:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("lmtp.sock");
+    let _server = serve(&cy, &socket);
+    let sock = socket.to_str().unwrap();
+    let port = cy.lmtp_port.to_string();
+    let cyrus = rcpt_reply(&["127.0.0.1", &port, "-", "dora"]);
+    let ours = rcpt_reply(&[sock, "dora"]);
+    assert_eq!(cyrus, "451 4.2.1 Delivery to mailbox is disabled");
+    assert_eq!(ours, cyrus);
+    assert!(rcpt_reply(&[sock, "emil"]).starts_with("250 "));
+}

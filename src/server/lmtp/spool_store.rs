@@ -23,6 +23,8 @@ pub struct SpoolStore {
     sieve: SieveSettings,
     /// `lmtp_fuzzy_mailbox_match`.
     fuzzy: bool,
+    /// `user_deny.db`: users an admin switched off for the `lmtp` service.
+    deny: crate::server::pop3::userdeny::UserDeny,
 }
 
 impl SpoolStore {
@@ -36,6 +38,7 @@ impl SpoolStore {
             virtdomains: config.virtdomains().enabled(),
             fulldirhash: config.get_bool("fulldirhash", false)?,
         };
+        let deny = crate::server::pop3::userdeny::UserDeny::from_config(&config);
         let ctx = SpoolContext::open(config)?;
         if let Some(what) = ctx.unsupported_settings() {
             anyhow::bail!("cannot deliver into this spool: {what}");
@@ -46,6 +49,7 @@ impl SpoolStore {
             dupelim,
             sieve,
             fuzzy,
+            deny,
         })
     }
 
@@ -273,7 +277,21 @@ impl Mailstore for SpoolStore {
         if post {
             Self::may_post(record.entry.acl.as_ref(), sender)?;
         }
-        self.verify_quota(&internal, rcpt, size)
+        self.verify_quota(&internal, rcpt, size)?;
+        // `verify_user`: after the mailbox and quota checks, a user listed in user_deny.db
+        // for this service (Cyrus's `config_ident`) is refused with IMAP_MAILBOX_DISABLED.
+        if let Target::User { inbox, .. } = &rcpt.target {
+            if let Some(userid) = inbox.userid() {
+                let userid = String::from_utf8_lossy(&userid);
+                if self.deny.check(&userid, "lmtp").is_some() {
+                    log::info!("verify_user({userid}) failed: Delivery to mailbox is disabled");
+                    return Err(DeliveryError::Disabled(
+                        "Delivery to mailbox is disabled".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn active_sieve(&self, rcpt: &Rcpt) -> Option<PathBuf> {
