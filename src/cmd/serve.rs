@@ -157,8 +157,63 @@ fn lmtp_listeners(ctx: &ServeContext) -> anyhow::Result<Vec<Listener>> {
 }
 
 fn pop3_listeners(ctx: &ServeContext) -> anyhow::Result<Vec<Listener>> {
+    use crate::server::pop3::{self, maildrop::SpoolStore, session};
     if ctx.args.pop3.is_empty() && ctx.args.pop3s.is_empty() {
         return Ok(Vec::new());
     }
-    bail!("POP3 is not built yet")
+    let cfg = Arc::new(
+        pop3::Pop3Config::from_config(&ctx.config)
+            .map_err(|e| UsageError(format!("{}: {e}", ctx.config_path.display())))?,
+    );
+    let store = Arc::new(
+        SpoolStore::new(ctx.config.clone(), cfg.clone())
+            .map_err(|e| UsageError(format!("{}: {e}", ctx.config_path.display())))?,
+    );
+    let creds = pop3_credentials(ctx)?;
+    let service = |name: &'static str, implicit_tls: bool| {
+        let env = session::SessionEnv {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            creds: creds.clone(),
+            service: name,
+            open_fail_pause: session::OPEN_FAIL_PAUSE,
+            now: session::unix_now,
+        };
+        server::Service {
+            name,
+            handler: Arc::new(move |ch: &mut server::channel::SocketChannel| {
+                session::run(ch, &env);
+            }),
+            busy_reply: b"-ERR [SYS/TEMP] Too many connections\r\n",
+            implicit_tls,
+            idle: cfg.poptimeout,
+        }
+    };
+    let mut out = Vec::new();
+    for addr in &ctx.args.pop3 {
+        out.push(
+            Listener::tcp(addr, service("pop3", false))
+                .with_context(|| format!("cannot listen for POP3 on {addr}"))?,
+        );
+    }
+    for addr in &ctx.args.pop3s {
+        out.push(
+            Listener::tcp(addr, service("pop3s", true))
+                .with_context(|| format!("cannot listen for POP3S on {addr}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// The password store POP3 logins are checked against.
+fn pop3_credentials(
+    ctx: &ServeContext,
+) -> anyhow::Result<Option<Arc<dyn crate::server::pop3::login::Credentials>>> {
+    use crate::server::pop3::login::{AuthCredentials, Credentials};
+    let auth = crate::server::auth::from_args(&ctx.args, &ctx.config)
+        .map_err(|e| UsageError(e.to_string()))?;
+    if auth.is_none() {
+        ::log::warn!("pop3: no password store (--passwd-file, --saslauthd): every login fails");
+    }
+    Ok(auth.map(|a| Arc::new(AuthCredentials(a)) as Arc<dyn Credentials>))
 }

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod channel;
 pub mod log;
+pub mod pop3;
 pub mod sasl;
 pub mod tls;
 
