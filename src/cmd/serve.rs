@@ -153,7 +153,51 @@ fn lmtp_listeners(ctx: &ServeContext) -> anyhow::Result<Vec<Listener>> {
     if ctx.args.lmtp.is_empty() && ctx.args.lmtp_unix.is_none() {
         return Ok(Vec::new());
     }
-    bail!("LMTP is not built yet")
+    use server::lmtp;
+    let settings = Arc::new(
+        lmtp::Settings::from_config(&ctx.config, ctx.args.lmtp_trust_loopback)
+            .map_err(|e| UsageError(format!("LMTP: {e}")))?,
+    );
+    let store = Arc::new(
+        lmtp::SpoolStore::open(ctx.config.clone())
+            .map_err(|e| UsageError(format!("LMTP: {e:#}")))?,
+    );
+    let auth = server::auth::from_args_for_service(&ctx.args, &ctx.config, "lmtp")
+        .map_err(|e| UsageError(format!("LMTP: {e}")))?;
+    let handler: server::Handler = Arc::new(move |ch| {
+        lmtp::run(ch, store.as_ref(), auth.as_deref(), &settings);
+    });
+    let service = server::Service {
+        name: "lmtp",
+        handler,
+        busy_reply: b"421 4.3.2 Too many connections\r\n",
+        implicit_tls: false,
+        idle: LMTP_IDLE,
+    };
+    let mut out = Vec::new();
+    for addr in &ctx.args.lmtp {
+        out.push(
+            Listener::tcp(addr, service.clone())
+                .with_context(|| format!("cannot listen for LMTP on {addr}"))?,
+        );
+    }
+    if let Some(path) = &ctx.args.lmtp_unix {
+        let gid = match &ctx.args.lmtp_unix_group {
+            Some(g) => Some(
+                nix::unistd::Group::from_name(g)
+                    .with_context(|| format!("cannot look up group {g}"))?
+                    .ok_or_else(|| UsageError(format!("--lmtp-unix-group: no group {g:?}")))?
+                    .gid
+                    .as_raw(),
+            ),
+            None => None,
+        };
+        out.push(
+            Listener::unix(path, ctx.args.lmtp_unix_mode, gid, service.clone())
+                .with_context(|| format!("cannot listen for LMTP on {}", path.display()))?,
+        );
+    }
+    Ok(out)
 }
 
 fn pop3_listeners(ctx: &ServeContext) -> anyhow::Result<Vec<Listener>> {

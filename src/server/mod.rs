@@ -14,6 +14,7 @@
 
 pub mod auth;
 pub mod channel;
+pub mod lmtp;
 pub mod log;
 pub mod pop3;
 pub mod sasl;
