@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use cyrkit::cmd::{self, Cli};
+use cyrkit::ui;
 
 fn main() -> ExitCode {
     // Like Cyrus's tools (and every C filter), end quietly when the reader of our output goes
@@ -23,10 +24,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let config = cli.common.config.clone();
     match cmd::run(cli) {
         Ok(outcome) => ExitCode::from(outcome.code()),
         Err(e) => {
-            eprintln!("cyrkit: error: {}", cmd::error_chain(&e));
+            eprintln!("{}{}", ui::error_prefix(), cmd::error_chain(&e));
+            if let Some(fix) = cmd::hints::fix_for_error(&e, &config) {
+                eprintln!("{}{fix}", ui::fix_prefix());
+            }
             ExitCode::from(cmd::exit_code_for_error(&e))
         }
     }

@@ -280,7 +280,6 @@ fn cyrkit_lmtp(cy: &CyrusInstance) -> (CyrkitServe, LmtpTarget, CyrkitServe, Lmt
 }
 
 #[test]
-#[ignore = "cyrkit serve --lmtp is not built yet (issue 7)"]
 fn real_clients_to_cyrkit_lmtp() {
     if !require_tools(&["postfix", "postqueue", "swaks", "python3"]) {
         return;

@@ -717,7 +717,6 @@ fn poplib_cyrus() {
 // Against `cyrkit serve --pop3` (same checks, same clients).
 
 #[test]
-#[ignore = "cyrkit serve --pop3 is not built yet (issue 8)"]
 fn real_clients_against_cyrkit_pop3() {
     let tools = [
         "fetchmail",

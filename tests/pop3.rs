@@ -295,4 +295,52 @@ fn cyrkit_pop3_answers_as_cyrus_pop3d() {
         "reconstruct -n after the QUIT"
     );
     assert_eq!(baseline.trim(), "user.alice");
+
+    // user_deny.db written by cyr_deny: both servers refuse alice for pop3 after USER.
+    let r = cy
+        .run_tool(
+            "cyr_deny",
+            &["-s", "pop3", "-m", "POP is off for you", "alice"],
+        )
+        .unwrap();
+    assert!(r.status.success(), "{r:?}");
+    for port in [cy.pop3_port, port] {
+        let mut p = Pop::connect(port);
+        p.line();
+        assert_eq!(
+            p.cmd("USER alice", false),
+            "+OK Name is a valid mailbox\r\n"
+        );
+        assert_eq!(
+            p.cmd("PASS secret", false),
+            "-ERR [SYS/TEMP] POP is off for you\r\n",
+            "port {port}"
+        );
+    }
+    // Python's poplib fetches the same from cyrkit (bob is not denied).
+    let mut admin = cy.imap_admin().unwrap();
+    admin.create("user.bob").unwrap();
+    admin.logout().unwrap();
+    let mut lmtp = cy.lmtp().unwrap();
+    lmtp.deliver("sender@example.org", &["bob"], &message(1))
+        .unwrap();
+    lmtp.quit().unwrap();
+    let py = |port: u16| {
+        let script = format!(
+            "import poplib\nm = poplib.POP3('127.0.0.1', {port})\nm.user('bob')\nm.pass_('secret')\n\
+             print(m.stat(), m.uidl()[1])\nprint(b'\\n'.join(m.retr(1)[1]).decode())\nm.quit()\n"
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(py(cy.pop3_port), py(port), "poplib: Cyrus pop3d vs cyrkit");
 }

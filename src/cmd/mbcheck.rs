@@ -124,7 +124,8 @@ pub fn run(common: &Common, args: &MbcheckArgs) -> anyhow::Result<Outcome> {
         !common.no_progress && !common.quiet && !common.json,
     )?;
     for a in &report.not_found {
-        eprintln!("cyrkit: mailbox {a} does not exist");
+        let line = super::hints::mailbox_not_found(a, &config.mboxlist_db_path(), &common.config);
+        eprintln!("{line}");
     }
     // A named mailbox that does not exist was not checked: never report that as clean.
     let outcome = if !report.not_found.is_empty() {
@@ -158,18 +159,20 @@ fn json_report(report: &Report) -> serde_json::Value {
 }
 
 fn print_human(report: &Report, quiet: bool) {
+    use crate::ui::{paint, Colour, Stream};
     for f in &report.findings {
         let mut line = String::new();
         if let Some(m) = &f.mailbox {
-            line.push_str(m);
+            line.push_str(&paint(Stream::Stdout, Colour::Bold, m));
             line.push_str(": ");
         }
         if let Some(p) = &f.file {
             line.push_str(&p.display().to_string());
             line.push_str(": ");
         }
-        line.push_str(&f.problem);
-        println!("{line} (repair: {})", f.repair);
+        line.push_str(&paint(Stream::Stdout, Colour::Red, &f.problem));
+        let repair = paint(Stream::Stdout, Colour::Green, &f.repair);
+        println!("{line} (repair: {repair})");
     }
     if quiet {
         return;
@@ -188,10 +191,16 @@ fn print_human(report: &Report, quiet: bool) {
         report.messages_checked.to_string(),
     ]);
     for (k, n) in &by_kind {
-        t.add_row(vec![format!("problems: {}", k.label()), n.to_string()]);
+        t.add_row(vec![
+            comfy_table::Cell::new(format!("problems: {}", k.label())),
+            crate::ui::paint_cell(Colour::Red, n.to_string()),
+        ]);
     }
     if by_kind.is_empty() {
-        t.add_row(vec!["problems".to_string(), "0".to_string()]);
+        t.add_row(vec![
+            comfy_table::Cell::new("problems"),
+            crate::ui::paint_cell(Colour::Green, "0"),
+        ]);
     }
     println!("{t}");
 }

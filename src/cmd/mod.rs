@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub mod admin;
 pub mod dedupe;
+pub mod hints;
 pub mod mbcheck;
 pub mod quota;
 pub mod reconstruct;

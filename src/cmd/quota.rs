@@ -155,8 +155,13 @@ pub fn run(common: &Common, args: &QuotaArgs) -> anyhow::Result<Outcome> {
     let json = common.json || args.cyrus_json;
     let writes = args.fix && !args.dry_run;
     // Root acting as the spool owner, so lock files and rewritten files stay Cyrus's.
-    crate::spool::atomic::become_owner_of(&layout.config_dir)
-        .with_context(|| format!("becoming the owner of {}", layout.config_dir.display()))?;
+    crate::spool::atomic::become_owner_of(&layout.config_dir).with_context(|| {
+        format!(
+            "configdirectory {} (check `configdirectory` in {})",
+            layout.config_dir.display(),
+            common.config.display()
+        )
+    })?;
 
     // Cyrus's quota takes $QUOTACHANGE for the whole run: SETQUOTA and root removal wait,
     // deliveries do not.
@@ -352,12 +357,18 @@ fn report_table(rows: &[(String, QuotaRecord)]) -> comfy_table::Table {
                 Some(_) => ("0".into(), String::new()),
                 None => (String::new(), String::new()),
             };
+            // Full roots in red, nearly full ones (90 %) in yellow, on a terminal.
+            let pct_cell = match pct.parse::<u64>() {
+                Ok(p) if p >= 100 => crate::ui::paint_cell(crate::ui::Colour::Red, pct),
+                Ok(p) if p >= 90 => crate::ui::paint_cell(crate::ui::Colour::Yellow, pct),
+                _ => comfy_table::Cell::new(pct),
+            };
             t.add_row(vec![
-                ext.clone(),
-                res.imap_name().to_string(),
-                limit,
-                pct,
-                (rq.used / res.unit()).to_string(),
+                comfy_table::Cell::new(ext),
+                comfy_table::Cell::new(res.imap_name()),
+                comfy_table::Cell::new(limit),
+                pct_cell,
+                comfy_table::Cell::new(rq.used / res.unit()),
             ]);
         }
     }

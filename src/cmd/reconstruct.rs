@@ -404,7 +404,8 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
         quota_failed = !recount_roots(common, &nc, &recount);
     }
     for a in &not_found {
-        eprintln!("cyrkit: mailbox {a} does not exist");
+        let line = super::hints::mailbox_not_found(a, &config.mboxlist_db_path(), &common.config);
+        eprintln!("{line}");
     }
     for p in &problems {
         let mut line = String::new();

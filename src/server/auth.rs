@@ -409,6 +409,12 @@ impl PasswdFile {
         let mut text = Vec::new();
         f.read_to_end(&mut text).map_err(io)?;
         let (users, dummy) = parse_passwd(&text, path)?;
+        if meta.mode() & 0o004 != 0 {
+            ::log::warn!(
+                "{}: readable by every user; password hashes should be private (chmod o-r)",
+                path.display()
+            );
+        }
         Ok(Table {
             users,
             dummy,

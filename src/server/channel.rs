@@ -141,6 +141,15 @@ impl Transport {
             Transport::Gone => Ok(()),
         }
     }
+
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Transport::Tcp(s) => s.set_write_timeout(t),
+            Transport::Unix(s) => s.set_write_timeout(t),
+            Transport::Tls(s) => s.sock.set_write_timeout(t),
+            Transport::Gone => Ok(()),
+        }
+    }
 }
 
 impl Read for Transport {
@@ -171,6 +180,13 @@ impl Write for Transport {
             Transport::Gone => Ok(()),
         }
     }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// How often a blocked read wakes up to look at the shutdown flag and the idle deadline.
@@ -293,7 +309,10 @@ impl SocketChannel {
         shutdown: Shutdown,
         idle: Duration,
     ) -> io::Result<SocketChannel> {
+        // Writes wake up as reads do: a client that stops reading must not keep a session
+        // (and the SIGTERM drain) blocked in write(2) forever.
         transport.set_read_timeout(Some(POLL))?;
+        transport.set_write_timeout(Some(POLL))?;
         Ok(SocketChannel {
             transport,
             inbuf: InBuf::default(),
@@ -311,6 +330,18 @@ impl SocketChannel {
         self.start_tls()
     }
 
+    /// After a read or write timed out at [`POLL`]: go on waiting, or give up because the
+    /// server is shutting down (and the session is not busy) or `deadline` has passed.
+    fn keep_waiting(&self, deadline: Instant) -> Result<(), ChannelError> {
+        if self.shutdown.raised() && !self.busy {
+            return Err(ChannelError::Shutdown);
+        }
+        if Instant::now() >= deadline {
+            return Err(ChannelError::Timeout(self.idle));
+        }
+        Ok(())
+    }
+
     fn fill(&mut self, buf: &mut Vec<u8>) -> Result<usize, ChannelError> {
         let deadline = Instant::now() + self.idle;
         let mut chunk = [0u8; READ_BUF];
@@ -323,16 +354,7 @@ impl SocketChannel {
                     buf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
                     return Ok(n);
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if Instant::now() >= deadline {
-                        return Err(ChannelError::Timeout(self.idle));
-                    }
-                }
+                Err(e) if is_timeout(&e) => self.keep_waiting(deadline)?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
                 Err(e) => return Err(e.into()),
@@ -370,13 +392,36 @@ impl Channel for SocketChannel {
         Ok(())
     }
 
+    /// Write out everything buffered. The socket's write timeout is [`POLL`], so a client
+    /// that does not read makes this give up after the idle timeout, or at once on
+    /// shutdown unless the session is busy.
     fn flush(&mut self) -> Result<(), ChannelError> {
-        if !self.out.is_empty() {
-            self.transport.write_all(&self.out)?;
-            self.out.clear();
+        let deadline = Instant::now() + self.idle;
+        let mut done = 0;
+        while let Some(rest) = self.out.get(done..).filter(|r| !r.is_empty()) {
+            match self.transport.write(rest) {
+                Ok(n) if n > 0 => done += n,
+                // rustls takes no more plaintext while its TLS buffer is full: drain it.
+                Ok(_) => match self.transport.flush() {
+                    Ok(()) => {}
+                    Err(e) if is_timeout(&e) => self.keep_waiting(deadline)?,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.into()),
+                },
+                Err(e) if is_timeout(&e) => self.keep_waiting(deadline)?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
         }
-        self.transport.flush()?;
-        Ok(())
+        self.out.clear();
+        loop {
+            match self.transport.flush() {
+                Ok(()) => return Ok(()),
+                Err(e) if is_timeout(&e) => self.keep_waiting(deadline)?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     fn has_buffered_input(&self) -> bool {

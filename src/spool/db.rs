@@ -38,7 +38,9 @@ pub enum SpoolDbError {
         #[source]
         source: DbError,
     },
-    #[error(transparent)]
+    // Not `transparent`: the lock error must be a cause of its own, so that `main` finds a
+    // timeout in the chain and exits 75.
+    #[error("{0}")]
     Lock(#[from] lock::LockError),
 }
 

@@ -99,13 +99,29 @@ fn is_busy(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES))
 }
 
-/// Take an fcntl lock on an already open file, polling until `timeout` passes.
+/// Environment variable capping every lock wait, in whole seconds: a cron job can give up
+/// (exit 75) sooner than the commands' one-minute default, and the tests can reach exit 75
+/// without waiting a minute. A cap, not a replacement, so the short waits that avoid lock-order
+/// deadlocks (quota's chunk locking) stay short.
+pub const LOCK_TIMEOUT_ENV: &str = "CYRKIT_LOCK_TIMEOUT";
+
+/// `timeout`, capped by `CYRKIT_LOCK_TIMEOUT` when it is set to a number of seconds.
+pub fn effective_timeout(timeout: Duration) -> Duration {
+    std::env::var(LOCK_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(timeout, |cap| timeout.min(Duration::from_secs(cap)))
+}
+
+/// Take an fcntl lock on an already open file, polling until `timeout` passes
+/// (at most the time `CYRKIT_LOCK_TIMEOUT` names).
 pub fn lock_file(
     file: File,
     path: &Path,
     mode: LockMode,
     timeout: Duration,
 ) -> Result<FileLock, LockError> {
+    let timeout = effective_timeout(timeout);
     let kind = match mode {
         LockMode::Shared => libc::F_RDLCK,
         LockMode::Exclusive => libc::F_WRLCK,

@@ -27,7 +27,9 @@ pub enum OpenMode {
 pub enum MailboxLockError {
     #[error(transparent)]
     Path(#[from] PathError),
-    #[error(transparent)]
+    // Not `transparent`: the lock error must be a cause of its own, so that `main` finds a
+    // timeout in the chain and exits 75.
+    #[error("{0}")]
     Lock(#[from] LockError),
 }
 

@@ -30,7 +30,9 @@ pub const USER_NAMESPACE_LOCK_PREFIX: &[u8] = b"*U*";
 /// Why a path could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    #[error("no partition-{0} in the configuration")]
+    #[error(
+        "no partition-{0} in imapd.conf (add a `partition-{0}: DIRECTORY` line naming its spool)"
+    )]
     UnknownPartition(String),
     #[error("invalid mailbox unique id `{0}`")]
     BadUniqueId(String),

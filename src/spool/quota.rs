@@ -164,7 +164,9 @@ pub enum QuotaStoreError {
     UnsupportedBackend(&'static str),
     #[error(transparent)]
     Path(#[from] crate::spool::paths::PathError),
-    #[error(transparent)]
+    // Not `transparent`: the lock error must be a cause of its own, so that `main` finds a
+    // timeout in the chain and exits 75.
+    #[error("{0}")]
     Lock(#[from] crate::spool::lock::LockError),
     #[error("{path}: {source}")]
     Io {

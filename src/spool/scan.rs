@@ -165,7 +165,7 @@ fn walk_root(
     if !root.exists() {
         problems.push(WalkProblem {
             path: root.to_path_buf(),
-            what: "partition directory does not exist".into(),
+            what: "partition directory does not exist (check the partition-* and metapartition-* lines of imapd.conf)".into(),
         });
         return;
     }
