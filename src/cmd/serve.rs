@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Treat LMTP clients on a loopback address as pre-authenticated (as Cyrus's lmtpd -a)
     #[arg(long)]
     pub lmtp_trust_loopback: bool,
+    /// Deliver mail for users with an active Sieve script into the INBOX, unfiltered (default: refuse it with 451 4.3.0 so the MTA keeps it)
+    #[arg(long)]
+    pub lmtp_ignore_sieve: bool,
     /// Listen for POP3 on this TCP address (STLS offered when a certificate is configured)
     #[arg(long, value_name = "ADDR")]
     pub pop3: Vec<String>,
@@ -154,10 +157,10 @@ fn lmtp_listeners(ctx: &ServeContext) -> anyhow::Result<Vec<Listener>> {
         return Ok(Vec::new());
     }
     use server::lmtp;
-    let settings = Arc::new(
-        lmtp::Settings::from_config(&ctx.config, ctx.args.lmtp_trust_loopback)
-            .map_err(|e| UsageError(format!("LMTP: {e}")))?,
-    );
+    let mut settings = lmtp::Settings::from_config(&ctx.config, ctx.args.lmtp_trust_loopback)
+        .map_err(|e| UsageError(format!("LMTP: {e}")))?;
+    settings.ignore_sieve = ctx.args.lmtp_ignore_sieve;
+    let settings = Arc::new(settings);
     let store = Arc::new(
         lmtp::SpoolStore::open(ctx.config.clone())
             .map_err(|e| UsageError(format!("LMTP: {e:#}")))?,

@@ -320,6 +320,18 @@ impl SpoolContext {
         storage_delta: u64,
         message_delta: u64,
     ) -> Result<(), AppendError> {
+        let deltas = [Some(storage_delta), Some(message_delta), Some(0), Some(0)];
+        self.check_quota_resources(internal_name, deltas)
+    }
+
+    /// [`check_quota`](Self::check_quota) with a delta per resource (STORAGE, MESSAGE,
+    /// X-ANNOTATION-STORAGE, X-NUM-FOLDERS); `None` skips the resource, as Cyrus's
+    /// `QUOTA_DIFFS_DONTCARE` (-1) does: LMTP's IGNOREQUOTA still checks the last two.
+    pub fn check_quota_resources(
+        &self,
+        internal_name: &[u8],
+        deltas: [Option<u64>; 4],
+    ) -> Result<(), AppendError> {
         let m = self.lookup_required(internal_name)?;
         let files =
             MailboxFiles::locate(&self.layout, &m).map_err(|e| AppendError::Unsupported {
@@ -336,12 +348,13 @@ impl SpoolContext {
         let Some(q) = record else {
             return Ok(());
         };
-        let deltas = [storage_delta, message_delta, 0, 0];
         for res in crate::format::quota::Resource::ALL {
             let rq = q.get(res);
             let Some(limit) = rq.limit else { continue };
             let lim = limit.saturating_mul(res.unit());
-            let delta = deltas.get(res.index()).copied().unwrap_or(0);
+            let Some(delta) = deltas.get(res.index()).copied().flatten() else {
+                continue;
+            };
             if rq.used.saturating_add(delta) > lim {
                 return Err(AppendError::OverQuota { root: lossy(&root) });
             }

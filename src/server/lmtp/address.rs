@@ -127,6 +127,16 @@ pub fn resolve(path: &[u8], cfg: &AddressConfig) -> Result<Target, AddressError>
     })
 }
 
+/// A user's INBOX as a target (`mbname_from_userid`; `lmtp_catchall_mailbox`).
+pub fn user_target(userid: &[u8], cfg: &AddressConfig) -> Result<Target, AddressError> {
+    let inbox = MboxName::user_inbox(userid, &cfg.names).map_err(|_| AddressError::Unknown)?;
+    Ok(Target::User {
+        userid: userid.to_vec(),
+        inbox,
+        folder: None,
+    })
+}
+
 /// UTF-8 → modified UTF-7 of RFC 3501 §5.1.3 (`charset_to_imaputf7`). Invalid UTF-8 is
 /// decoded lossily first.
 pub fn imap_utf7(s: &[u8]) -> Vec<u8> {

@@ -6,6 +6,7 @@
 //! - [`message`]: the stage file as Cyrus writes it (added headers, 8-bit handling,
 //!   bare-newline and NUL refusal, size limit), streamed.
 //! - [`store`]: the [`store::Mailstore`] trait the session delivers through.
+//! - [`sieve`]: finding a recipient's active Sieve script (which cyrkit cannot run).
 //! - [`spool_store`]: the Mailstore over the real spool (`spool::append`).
 //! - [`session`]: one connection, over a [`crate::server::channel::Channel`].
 
@@ -13,6 +14,7 @@ pub mod address;
 pub mod command;
 pub mod message;
 pub mod session;
+pub mod sieve;
 pub mod spool_store;
 pub mod store;
 

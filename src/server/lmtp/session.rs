@@ -1,6 +1,7 @@
 //! One LMTP session over a [`Channel`], with Cyrus 3.6 lmtpd's replies (`lmtpmode` in
 //! `imap/lmtpengine.c`) plus CHUNKING (BDAT).
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::BufWriter;
 use std::os::unix::fs::OpenOptionsExt;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine;
 
-use super::address::{self, AddressConfig};
+use super::address::{self, AddressConfig, Target};
 use super::command::{self, Bdat, Command};
 use super::message::{LineSplitter, MessageOptions, Outcome, StageWriter, Written, DATA_LINE_MAX};
 use super::store::{Delivered, DeliveryError, Mailstore, Rcpt, Staged};
@@ -25,6 +26,9 @@ pub const MAX_RECIPIENTS: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub servername: String,
+    /// What session ids start with: `syslog_prefix` if set, else the servername
+    /// (`session_new_id`).
+    pub session_base: String,
     /// `serverinfo: on` (the default): the version in the greeting and Received.
     pub serverinfo: bool,
     /// `maxmessagesize`; 0 in imapd.conf means `i32::MAX`, as Cyrus.
@@ -43,6 +47,15 @@ pub struct Settings {
     pub shutdown_file: Option<PathBuf>,
     /// Loopback TCP clients are pre-authenticated (`--lmtp-trust-loopback`).
     pub trust_loopback: bool,
+    /// `lmtp_catchall_mailbox`: the user whose INBOX gets mail for recipients that fail
+    /// the RCPT check (for any reason, as Cyrus's `process_recipient`).
+    pub catchall: Option<Vec<u8>>,
+    /// `failedloginpause`: the wait before answering a failed AUTH. (Cyrus's lmtpd does
+    /// not pause; its imapd and pop3d do. cyrkit slows password guessing on TCP alike.)
+    pub failed_login_pause: std::time::Duration,
+    /// Deliver to recipients with an active Sieve script as if they had none
+    /// (`--lmtp-ignore-sieve`); by default they are refused with `451 4.3.0`.
+    pub ignore_sieve: bool,
 }
 
 impl Settings {
@@ -59,6 +72,9 @@ impl Settings {
         };
         let max = config.get_int("maxmessagesize", 0)?;
         Ok(Settings {
+            session_base: config
+                .get("syslog_prefix")
+                .map_or_else(|| servername.clone(), str::to_string),
             servername,
             serverinfo: config
                 .get("serverinfo")
@@ -83,6 +99,12 @@ impl Settings {
             soft_noauth: config.get_bool("soft_noauth", true)?,
             shutdown_file: Some(config.config_directory().join("msg").join("shutdown")),
             trust_loopback,
+            catchall: config
+                .get("lmtp_catchall_mailbox")
+                .filter(|v| !v.is_empty())
+                .map(|v| v.as_bytes().to_vec()),
+            failed_login_pause: crate::server::auth::failed_login_pause(&config),
+            ignore_sieve: false,
         })
     }
 }
@@ -103,13 +125,11 @@ fn now() -> i64 {
 }
 
 /// `session_new_id`: `<servername>-<time>-<pid>-<count>-<random>`.
-fn new_session_id(servername: &str) -> String {
+fn new_session_id(base: &str) -> String {
     let n = SESSION_COUNT.fetch_add(1, Ordering::Relaxed) + 1;
     format!(
         "{}-{}-{}-{}-{}",
-        servername
-            .get(..servername.len().min(128))
-            .unwrap_or(servername),
+        base.get(..base.len().min(128)).unwrap_or(base),
         now(),
         std::process::id(),
         n,
@@ -187,6 +207,8 @@ struct Session<'a> {
     chunks: Option<Chunks>,
     /// A BDAT transfer failed to start: its chunks are read and dropped until LAST.
     bdat_failed: bool,
+    /// Users whose Sieve script was logged about in this session.
+    sieve_logged: HashSet<Vec<u8>>,
 }
 
 enum Flow {
@@ -214,10 +236,11 @@ pub fn run(
         auth,
         tls_done: false,
         lhlo: Vec::new(),
-        sid: new_session_id(&settings.servername),
+        sid: new_session_id(&settings.session_base),
         txn: None,
         chunks: None,
         bdat_failed: false,
+        sieve_logged: HashSet::new(),
     };
     let greeting = if settings.serverinfo {
         format!(
@@ -306,7 +329,7 @@ impl Session<'_> {
             Command::Data => self.data()?,
             Command::Bdat(b) => self.bdat(b)?,
             Command::Rset => {
-                self.sid = new_session_id(&self.s.servername);
+                self.sid = new_session_id(&self.s.session_base);
                 self.end_transaction();
                 let r = format!("250 2.0.0 Ok SESSIONID=<{}>\r\n", self.sid);
                 self.send(r.as_bytes())?;
@@ -361,7 +384,7 @@ impl Session<'_> {
         r.push_str("250-IGNOREQUOTA\r\n250-CHUNKING\r\n");
         r.push_str(&format!("250 Ok SESSIONID=<{}>\r\n", self.sid));
         self.lhlo = param;
-        self.sid = new_session_id(&self.s.servername);
+        self.sid = new_session_id(&self.s.session_base);
         self.send(r.as_bytes())
     }
 
@@ -421,17 +444,27 @@ impl Session<'_> {
         if txn.rcpts.len() >= MAX_RECIPIENTS {
             return self.send(b"452 4.5.3 Too many recipients\r\n");
         }
-        let result = address::resolve(&r.path, &self.s.address)
+        let ignorequota = r.ignorequota();
+        let verify = |target| {
+            let rcpt = Rcpt {
+                target,
+                ignorequota,
+            };
+            self.store
+                .verify(&rcpt, sender(&txn.authuser), txn.size)
+                .map(|()| rcpt)
+        };
+        let mut result = address::resolve(&r.path, &self.s.address)
             .map_err(|_| DeliveryError::Unknown)
-            .and_then(|target| {
-                let rcpt = Rcpt {
-                    target,
-                    ignorequota: r.ignorequota(),
-                };
-                self.store
-                    .verify(&rcpt, sender(&txn.authuser), txn.size)
-                    .map(|()| rcpt)
-            });
+            .and_then(verify);
+        if let (Err(_), Some(catchall)) = (&result, &self.s.catchall) {
+            // `process_recipient`: any failure falls back to the catch-all user's INBOX,
+            // whose own failure is then the answer.
+            result = address::user_target(catchall, &self.s.address)
+                .map_err(|_| DeliveryError::Unknown)
+                .and_then(verify);
+        }
+        let result = result.and_then(|rcpt| self.check_sieve(rcpt));
         match result {
             Ok(rcpt) => {
                 if let Some(t) = &mut self.txn {
@@ -527,6 +560,7 @@ impl Session<'_> {
         let host = self.ch.peer().received_host();
         if !ok {
             log::error!("badlogin: {host} {mech} ({user}) [authentication failure]");
+            std::thread::sleep(self.s.failed_login_pause);
             return self.send(b"501 5.5.4 authentication failure\r\n");
         }
         if !self.s.admins.contains(&user) {
@@ -576,6 +610,37 @@ impl Session<'_> {
         }
     }
 
+    /// A recipient whose owner has an active Sieve script: refused with `451 4.3.0` (the
+    /// MTA keeps the message, e.g. for Cyrus's lmtpd), or with `ignore_sieve` accepted for
+    /// the INBOX rules. Logged once per user per session.
+    fn check_sieve(&mut self, rcpt: Rcpt) -> Result<Rcpt, DeliveryError> {
+        let Target::User { userid, .. } = &rcpt.target else {
+            return Ok(rcpt);
+        };
+        let Some(script) = self.store.active_sieve(&rcpt) else {
+            return Ok(rcpt);
+        };
+        let user = String::from_utf8_lossy(userid).into_owned();
+        if self.sieve_logged.insert(userid.clone()) {
+            let action = if self.s.ignore_sieve {
+                "delivering without it (--lmtp-ignore-sieve)"
+            } else {
+                "refusing with 451 so the MTA keeps the message"
+            };
+            log::warn!(
+                "lmtp: {user} has an active Sieve script {} that cyrkit cannot run: {action}",
+                script.display()
+            );
+        }
+        if self.s.ignore_sieve {
+            Ok(rcpt)
+        } else {
+            Err(DeliveryError::System(
+                "Recipient has a Sieve script this server cannot run".into(),
+            ))
+        }
+    }
+
     /// The header lines Cyrus writes before the client's (`savemsg`).
     fn prefix(&self, txn: &Txn, now: i64) -> Vec<u8> {
         let mut out = Vec::new();
@@ -616,6 +681,10 @@ impl Session<'_> {
             format!(" with LMTP{s}{a};\r\n\t {}\r\n", rfc5322_date(now)).as_bytes(),
         );
         out.extend_from_slice(format!("X-Cyrus-Session-Id: {}\r\n", self.sid).as_bytes());
+        // No `X-Sieve: CMU Sieve 3.0`: Cyrus's lmtpd adds it to every message when built
+        // with Sieve (`mylmtp.addheaders` in `imap/lmtpd.c` main), naming the Sieve
+        // interpreter of the delivery agent. cyrkit has none (recipients with an active
+        // script are refused, see `SpoolStore::verify`), so the header would be false.
         out
     }
 

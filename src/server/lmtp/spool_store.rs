@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::address::{self, Target};
+use super::sieve::{self, Inbox, SieveSettings};
 use super::store::{Delivered, DeliveryError, Mailstore, Rcpt, Staged};
 use crate::spool::append::{AppendError, MailboxWriter, SpoolContext, StagedMessage};
 use crate::spool::config::Config;
 use crate::spool::deliver_db;
+use crate::spool::mboxlist::Mboxlist;
 use crate::spool::names::MboxName;
 
 /// The spool a server delivers into.
@@ -18,12 +20,22 @@ pub struct SpoolStore {
     strict_quota: bool,
     /// `duplicatesuppression`.
     dupelim: bool,
+    sieve: SieveSettings,
+    /// `lmtp_fuzzy_mailbox_match`.
+    fuzzy: bool,
 }
 
 impl SpoolStore {
     pub fn open(config: Arc<Config>) -> anyhow::Result<SpoolStore> {
         let strict_quota = config.get_bool("lmtp_strict_quota", false)?;
         let dupelim = config.get_bool("duplicatesuppression", true)?;
+        let fuzzy = config.get_bool("lmtp_fuzzy_mailbox_match", false)?;
+        let sieve = SieveSettings {
+            sievedir: config.get("sievedir").unwrap_or("/usr/sieve").into(),
+            usehomedir: config.get_bool("sieveusehomedir", false)?,
+            virtdomains: config.virtdomains().enabled(),
+            fulldirhash: config.get_bool("fulldirhash", false)?,
+        };
         let ctx = SpoolContext::open(config)?;
         if let Some(what) = ctx.unsupported_settings() {
             anyhow::bail!("cannot deliver into this spool: {what}");
@@ -32,11 +44,13 @@ impl SpoolStore {
             ctx,
             strict_quota,
             dupelim,
+            sieve,
+            fuzzy,
         })
     }
 
     /// Quota deltas as lmtpd: 0 ("already over"), the real size with
-    /// `lmtp_strict_quota`; IGNOREQUOTA skips the check.
+    /// `lmtp_strict_quota`; IGNOREQUOTA skips the check at delivery (`quotaoverride`).
     fn check_quota(&self, name: &[u8], rcpt: &Rcpt, size: u64) -> Result<(), DeliveryError> {
         if rcpt.ignorequota {
             return Ok(());
@@ -44,6 +58,18 @@ impl SpoolStore {
         let (storage, messages) = if self.strict_quota { (size, 1) } else { (0, 0) };
         self.ctx
             .check_quota(name, storage, messages)
+            .map_err(|e| to_delivery_error(name, e))
+    }
+
+    /// The RCPT-time check (`verify_user`): as [`Self::check_quota`], except that
+    /// IGNOREQUOTA skips only STORAGE and MESSAGE (Cyrus passes -1 for those two and 0 for
+    /// X-ANNOTATION-STORAGE and X-NUM-FOLDERS, which `append_check` still checks).
+    fn verify_quota(&self, name: &[u8], rcpt: &Rcpt, size: u64) -> Result<(), DeliveryError> {
+        if !rcpt.ignorequota {
+            return self.check_quota(name, rcpt, size);
+        }
+        self.ctx
+            .check_quota_resources(name, [None, None, Some(0), Some(0)])
             .map_err(|e| to_delivery_error(name, e))
     }
 
@@ -101,6 +127,66 @@ impl SpoolStore {
         Ok(Delivered::Appended { mailbox, uid })
     }
 
+    /// `fuzzy_match` (`imap/lmtpd.c`): the mailbox under the same owner (or domain) whose
+    /// leading components match `want`'s most deeply, compared case-insensitively with
+    /// `-`, `_` and space as one; the first in database order on a tie.
+    fn fuzzy_match(&self, want: &MboxName) -> Option<MboxName> {
+        let mut prefix = Vec::new();
+        if let Some(user) = want.userid() {
+            prefix = MboxName::user_inbox(&user, &self.ctx.names)
+                .ok()?
+                .to_internal();
+            prefix.push(b'.');
+        } else if let Some(d) = want.domain() {
+            prefix.extend_from_slice(d);
+            prefix.push(b'!');
+        }
+        let list = Mboxlist::load(&self.ctx.config, &self.ctx.names, self.ctx.lock_timeout).ok()?;
+        let wanted = want.boxes();
+        let mut best: Option<(usize, MboxName)> = None;
+        for m in list.live() {
+            let t = &m.entry.mbtype;
+            if t.intermediate
+                || t.reserve
+                || t.deleted
+                || !m.name.to_internal().starts_with(&prefix)
+            {
+                continue;
+            }
+            let depth = wanted
+                .iter()
+                .zip(m.name.boxes())
+                .take_while(|(w, h)| fuzzy_eq(w, h))
+                .count();
+            if depth > best.as_ref().map_or(0, |b| b.0) {
+                best = Some((depth, m.name.clone()));
+                if depth == wanted.len() {
+                    break;
+                }
+            }
+        }
+        best.map(|b| b.1)
+    }
+
+    /// Deliver to `name`, or with `lmtp_fuzzy_mailbox_match` to its fuzzy match if it
+    /// does not exist (`deliver_local`).
+    fn deliver_fuzzy(
+        &self,
+        msg: &StagedMessage,
+        ids: &Staged<'_>,
+        name: &MboxName,
+        sender: &[u8],
+        rcpt: &Rcpt,
+    ) -> Result<Delivered, DeliveryError> {
+        match self.deliver_to(msg, ids, name, Some(sender), rcpt) {
+            Err(DeliveryError::Unknown) if self.fuzzy => match self.fuzzy_match(name) {
+                Some(m) => self.deliver_to(msg, ids, &m, Some(sender), rcpt),
+                None => Err(DeliveryError::Unknown),
+            },
+            other => other,
+        }
+    }
+
     fn deliver_one(
         &self,
         msg: &StagedMessage,
@@ -109,10 +195,10 @@ impl SpoolStore {
         sender: &[u8],
     ) -> Result<Delivered, DeliveryError> {
         match &rcpt.target {
-            Target::Shared { mailbox } => self.deliver_to(msg, ids, mailbox, Some(sender), rcpt),
+            Target::Shared { mailbox } => self.deliver_fuzzy(msg, ids, mailbox, sender, rcpt),
             Target::User { inbox, folder, .. } => {
                 if let Some(f) = folder {
-                    match self.deliver_to(msg, ids, f, Some(sender), rcpt) {
+                    match self.deliver_fuzzy(msg, ids, f, sender, rcpt) {
                         Ok(d) => return Ok(d),
                         Err(e) => log::debug!("lmtp: {f}: {e:?}; delivering to {inbox}"),
                     }
@@ -121,6 +207,15 @@ impl SpoolStore {
             }
         }
     }
+}
+
+/// `fuzzyeq`: equal ignoring ASCII case, with `-`, `_` and space interchangeable.
+fn fuzzy_eq(a: &[u8], b: &[u8]) -> bool {
+    const WSP: &[u8] = b"- _";
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.eq_ignore_ascii_case(y) || (WSP.contains(x) && WSP.contains(y)))
 }
 
 /// Cyrus's per-recipient error for a spool failure (text from `imap/imap_err.et`); the
@@ -159,16 +254,43 @@ impl Mailstore for SpoolStore {
             Target::User { inbox, .. } => (inbox, false),
             Target::Shared { mailbox } => (mailbox, true),
         };
-        let internal = name.to_internal();
-        let record = self
+        let mut internal = name.to_internal();
+        let mut record = self
             .ctx
             .lookup(&internal)
-            .map_err(|e| to_delivery_error(&internal, e))?
-            .ok_or(DeliveryError::Unknown)?;
+            .map_err(|e| to_delivery_error(&internal, e))?;
+        if record.is_none() && post && self.fuzzy {
+            // `verify_user`: a shared folder may be matched fuzzily.
+            if let Some(m) = self.fuzzy_match(name) {
+                internal = m.to_internal();
+                record = self
+                    .ctx
+                    .lookup(&internal)
+                    .map_err(|e| to_delivery_error(&internal, e))?;
+            }
+        }
+        let record = record.ok_or(DeliveryError::Unknown)?;
         if post {
             Self::may_post(record.entry.acl.as_ref(), sender)?;
         }
-        self.check_quota(&internal, rcpt, size)
+        self.verify_quota(&internal, rcpt, size)
+    }
+
+    fn active_sieve(&self, rcpt: &Rcpt) -> Option<PathBuf> {
+        let Target::User { inbox, .. } = &rcpt.target else {
+            return None;
+        };
+        let record = self.ctx.lookup(&inbox.to_internal()).ok()??;
+        let found = sieve::find_script(
+            &self.sieve,
+            &Inbox {
+                localpart: inbox.localpart()?,
+                domain: inbox.domain(),
+                legacy_dirs: record.entry.legacy_dirs(),
+                uniqueid: record.entry.uniqueid.as_deref().unwrap_or_default(),
+            },
+        );
+        found
     }
 
     fn stage_dir(&self, rcpt: &Rcpt) -> Result<PathBuf, DeliveryError> {
@@ -213,5 +335,18 @@ impl Mailstore for SpoolStore {
             .iter()
             .map(|r| self.deliver_one(&staged, msg, r, sender))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fuzzy_eq;
+
+    #[test]
+    fn fuzzy_names_as_fuzzyeq() {
+        assert!(fuzzy_eq(b"Mailing-Lists", b"mailing lists"));
+        assert!(fuzzy_eq(b"a_b", b"A-B"));
+        assert!(!fuzzy_eq(b"ab", b"abc"));
+        assert!(!fuzzy_eq(b"a.b", b"a b"));
     }
 }

@@ -95,6 +95,10 @@ pub trait Mailstore {
     /// already; a shared folder needs the `p` right for `sender` (`anonymous` without
     /// `MAIL AUTH=`). `size` is MAIL's `SIZE=` (0 if none).
     fn verify(&self, rcpt: &Rcpt, sender: &[u8], size: u64) -> Result<(), DeliveryError>;
+    /// The active Sieve script of a user recipient's owner, if any (for the log).
+    fn active_sieve(&self, _rcpt: &Rcpt) -> Option<PathBuf> {
+        None
+    }
     /// The directory to stage the message in: the partition of the recipient's mailbox.
     fn stage_dir(&self, rcpt: &Rcpt) -> Result<PathBuf, DeliveryError>;
     /// Deliver one copy per recipient, in order (`deliver_local` for each): a `+detail`

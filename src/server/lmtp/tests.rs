@@ -20,6 +20,8 @@ struct Fake {
     /// (mailbox, file bytes)
     delivered: RefCell<Vec<(String, Vec<u8>)>>,
     fail: Option<DeliveryError>,
+    /// Users with an active Sieve script.
+    sieve: Vec<&'static str>,
 }
 
 impl Fake {
@@ -41,6 +43,7 @@ impl Fake {
             boxes,
             delivered: RefCell::new(Vec::new()),
             fail: None,
+            sieve: Vec::new(),
         }
     }
 
@@ -78,6 +81,15 @@ impl Mailstore for Fake {
             Target::Shared { mailbox } => {
                 self.check(&mailbox.to_string(), sender, true, rcpt.ignorequota)
             }
+        }
+    }
+
+    fn active_sieve(&self, rcpt: &Rcpt) -> Option<PathBuf> {
+        match &rcpt.target {
+            Target::User { userid, .. } if self.sieve.iter().any(|u| u.as_bytes() == userid) => {
+                Some(PathBuf::from("/sieve/script.bc"))
+            }
+            _ => None,
         }
     }
 
@@ -162,6 +174,7 @@ impl Authenticator for Pw {
 
 fn settings() -> Settings {
     Settings {
+        session_base: "mx.test".into(),
         servername: "mx.test".into(),
         serverinfo: false,
         max_message_size: i32::MAX as u64,
@@ -180,6 +193,9 @@ fn settings() -> Settings {
         soft_noauth: true,
         shutdown_file: None,
         trust_loopback: false,
+        catchall: None,
+        failed_login_pause: std::time::Duration::ZERO,
+        ignore_sieve: false,
     }
 }
 
@@ -537,4 +553,56 @@ fn shutdown_file_and_long_lines() {
         long.as_bytes(),
         &format!("{GREETING}500 5.5.2 Syntax error\r\n250 2.0.0 ok\r\n"),
     );
+}
+
+#[test]
+fn recipients_with_a_sieve_script_are_refused_unless_ignored() {
+    let input = b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<bob+lists>\r\nRCPT TO:<+shared/news>\r\n\
+        DATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    let with_script = || {
+        let mut f = Fake::new();
+        f.sieve = vec!["bob"];
+        f
+    };
+    let lhlo = "250-mx.test\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n\
+        250-SIZE\r\n250-AUTH EXTERNAL\r\n250-IGNOREQUOTA\r\n250-CHUNKING\r\n250 Ok SESSIONID=<*>\r\n\
+        250 2.1.0 ok\r\n";
+    let refused = format!(
+        "{GREETING}{lhlo}451 4.3.0 Recipient has a Sieve script this server cannot run\r\n\
+         250 2.1.5 ok\r\n354 go ahead\r\n{OK}221 2.0.0 bye\r\n"
+    );
+    let r = script_with(input, &refused, Peer::Unix, &settings(), with_script);
+    assert_eq!(r.delivered.len(), 1);
+    assert_eq!(r.delivered[0].0, "shared.news");
+    let mut s = settings();
+    s.ignore_sieve = true;
+    let accepted = format!(
+        "{GREETING}{lhlo}250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n{OK}{OK}221 2.0.0 bye\r\n"
+    );
+    let r = script_with(input, &accepted, Peer::Unix, &s, with_script);
+    let names: Vec<&str> = r.delivered.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(names, ["user.bob.lists", "shared.news"]);
+}
+
+#[test]
+fn failed_recipients_fall_back_to_the_catchall_user() {
+    let input = b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<nobody>\r\nRCPT TO:<full>\r\n\
+        RCPT TO:<bob>\r\nDATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+    let mut s = settings();
+    s.catchall = Some(b"bob".to_vec());
+    let lhlo = "250-mx.test\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n\
+        250-SIZE\r\n250-AUTH EXTERNAL\r\n250-IGNOREQUOTA\r\n250-CHUNKING\r\n250 Ok SESSIONID=<*>\r\n\
+        250 2.1.0 ok\r\n";
+    let want = format!(
+        "{GREETING}{lhlo}250 2.1.5 ok\r\n250 2.1.5 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n\
+         {OK}{OK}{OK}221 2.0.0 bye\r\n"
+    );
+    let r = script_with(input, &want, Peer::Unix, &s, Fake::new);
+    let names: Vec<&str> = r.delivered.iter().map(|d| d.0.as_str()).collect();
+    assert_eq!(names, ["user.bob", "user.bob", "user.bob"]);
+    // A catch-all that fails too: its own error is the answer.
+    s.catchall = Some(b"full".to_vec());
+    let input = b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<nobody>\r\nQUIT\r\n";
+    let want = format!("{GREETING}{lhlo}452 4.2.2 Over quota SESSIONID=<*>\r\n221 2.0.0 bye\r\n");
+    script_with(input, &want, Peer::Unix, &s, Fake::new);
 }
