@@ -237,8 +237,11 @@ impl SpoolContext {
     /// usable mailboxes are returned (no tombstones, remote, intermediate or reserved
     /// entries), as `mboxlist_lookup` answers lmtpd.
     pub fn lookup(&self, internal_name: &[u8]) -> Result<Option<MboxRecord>, AppendError> {
-        if MboxName::from_internal(internal_name, &self.names).is_err() {
+        let Ok(name) = MboxName::from_internal(internal_name, &self.names) else {
             return Ok(None);
+        };
+        if let Some(found) = self.lookup_twoskip(&name, internal_name)? {
+            return Ok(Some(found));
         }
         let list = Mboxlist::load(&self.config, &self.names, self.lock_timeout).map_err(|e| {
             AppendError::Io {
@@ -246,14 +249,54 @@ impl SpoolContext {
                 source: io::Error::other(e.to_string()),
             }
         })?;
-        let found = list
-            .live()
+        Ok(Self::usable(&list, internal_name))
+    }
+
+    /// The fast path of [`lookup`](Self::lookup): one skip-list search of a twoskip
+    /// `mailboxes.db` for the mailbox's `N` key (what Cyrus's `mboxlist_lookup` does), under
+    /// the shared lock, instead of decoding every entry of the database. Every delivery
+    /// looks its mailbox up several times, so the full load made each one cost O(mailboxes).
+    /// `None` whenever it cannot give the answer the full load would (no such key, an older
+    /// key format, another backend, any error): the caller then loads the whole database,
+    /// which also reports the problem.
+    fn lookup_twoskip(
+        &self,
+        name: &MboxName,
+        internal_name: &[u8],
+    ) -> Result<Option<MboxRecord>, AppendError> {
+        use crate::format::mboxlist::MboxKey;
+        use crate::spool::config::DbBackend;
+        use crate::spool::lock::{lock_file, LockMode};
+        if self.config.mboxlist_db() != DbBackend::Twoskip {
+            return Ok(None);
+        }
+        let path = self.config.mboxlist_db_path();
+        let Ok(file) = File::open(&path) else {
+            return Ok(None);
+        };
+        let held = lock_file(file, &path, LockMode::Shared, self.lock_timeout)?;
+        let Ok(map) = crate::spool::db::map_file(held.file()) else {
+            return Ok(None);
+        };
+        let Ok(db) = crate::format::twoskip::TwoskipDb::open(&map) else {
+            return Ok(None);
+        };
+        let key = MboxKey::Name(name.to_dbname()).encode();
+        let Ok(Some(value)) = db.get(&key) else {
+            return Ok(None);
+        };
+        let list = Mboxlist::from_pairs(&[(key, value.to_vec())], &self.names);
+        Ok(Self::usable(&list, internal_name))
+    }
+
+    /// The entry `lookup` answers with: live, not intermediate, reserved or deleted.
+    fn usable(list: &Mboxlist, internal_name: &[u8]) -> Option<MboxRecord> {
+        list.live()
             .find(|m| {
                 let t = &m.entry.mbtype;
                 !t.intermediate && !t.reserve && !t.deleted && m.name.to_internal() == internal_name
             })
-            .cloned();
-        Ok(found)
+            .cloned()
     }
 
     fn lookup_required(&self, internal_name: &[u8]) -> Result<MboxRecord, AppendError> {
@@ -516,7 +559,9 @@ pub struct MailboxWriter {
     header: IndexHeader,
     /// The header as read at open: the quota delta is taken against it.
     old_header: IndexHeader,
-    index_bytes: Vec<u8>,
+    /// `cyrus.index` as it was at open, mapped (a delivery reads only the header; POP3 and
+    /// `update_record` read the records they need), stable under our exclusive lock.
+    index_bytes: crate::spool::db::Mapped,
     mbheader: MailboxHeader,
     uniqueid: String,
     acl: String,
@@ -570,7 +615,8 @@ impl MailboxWriter {
             .last()
             .ok_or_else(|| AppendError::corrupt(&files.index, "cyrus.index is not locked"))?
             .file();
-        let index_bytes = read_all(index_file, &files.index)?;
+        let index_bytes =
+            crate::spool::db::map_file(index_file).map_err(AppendError::io(&files.index))?;
         let header = index::parse_header(&index_bytes)
             .map_err(|e| AppendError::corrupt(&files.index, e.to_string()))?;
         let version = header.minor_version;
@@ -1146,15 +1192,6 @@ fn open_cache(path: &Path, generation: u32) -> Result<File, AppendError> {
         .map_err(AppendError::io(path))?;
     crash_point("append-cache-create");
     Ok(f)
-}
-
-/// The whole of an open file.
-pub(crate) fn read_all(file: &File, path: &Path) -> Result<Vec<u8>, AppendError> {
-    let len = file.metadata().map_err(AppendError::io(path))?.len();
-    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    file.read_exact_at(&mut buf, 0)
-        .map_err(AppendError::io(path))?;
-    Ok(buf)
 }
 
 /// Copy `from` to a new file `to` with the directory's ownership, fsynced.
