@@ -199,8 +199,10 @@ fn start_session(
     active: &Arc<AtomicUsize>,
 ) -> Option<std::thread::JoinHandle<()>> {
     // Accepted sockets inherit O_NONBLOCK on some systems; sessions block (with timeouts).
+    // TCP_NODELAY: replies are already written in large pieces; without it the short last
+    // segment of each reply waits for the client's delayed ACK (~40 ms per RETR).
     let blocking = match &transport {
-        Transport::Tcp(s) => s.set_nonblocking(false),
+        Transport::Tcp(s) => s.set_nonblocking(false).and_then(|()| s.set_nodelay(true)),
         Transport::Unix(s) => s.set_nonblocking(false),
         _ => Ok(()),
     };
