@@ -25,7 +25,7 @@ use support::clients::{
 use support::cyrus::{crlf, free_port, CyrusInstance, CyrusOptions};
 use support::serve::CyrkitServe;
 
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
 const MODES: [Pop3Tls; 3] = [Pop3Tls::None, Pop3Tls::Stls, Pop3Tls::Implicit];
 /// Unprivileged user for clients that refuse to deliver as root (getmail).
 const UNPRIVILEGED: &str = "nobody";
@@ -431,7 +431,7 @@ fn getmail_run(t: &Pop3Target, getmaildir: &Path, delete: bool) -> (Output, Vec<
         format!(
             "[retriever]\n{retriever}server = {host}\nport = {port}\nusername = {user}\n\
              password = {pw}\n\n[destination]\ntype = Mboxrd\npath = {mbox}\n\n\
-             [options]\nread_all = false\ndelete = {delete}\n",
+             [options]\nread_all = false\ndelete = {delete}\nreceived = false\ndelivered_to = false\n",
             host = t.host,
             port = t.port,
             user = t.user,
