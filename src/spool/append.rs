@@ -316,19 +316,26 @@ impl SpoolContext {
                     what: format!("partition {partition} is not configured"),
                 })?;
         let dir = root.join("stage.");
-        if !dir.is_dir() {
-            match std::fs::create_dir(&dir) {
-                Ok(()) => {
-                    log::info!("created stage directory {}", dir.display());
-                    if let Ok(m) = std::fs::metadata(&root) {
-                        if nix::unistd::geteuid().is_root() {
-                            let _ = std::os::unix::fs::chown(&dir, Some(m.uid()), Some(m.gid()));
-                        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                log::info!("created stage directory {}", dir.display());
+                if let Ok(m) = std::fs::metadata(&root) {
+                    if nix::unistd::geteuid().is_root() {
+                        let _ = std::os::unix::fs::chown(&dir, Some(m.uid()), Some(m.gid()));
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(AppendError::io(&dir)(e)),
             }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(AppendError::io(&dir)(e)),
+        }
+        // Never through a symlink: stage files are written as the spool's owner (or as
+        // root), and a `stage.` link planted to /tmp or /etc would make delivery write
+        // mail (and remove files) wherever it points.
+        let m = std::fs::symlink_metadata(&dir).map_err(AppendError::io(&dir))?;
+        if !m.is_dir() {
+            return Err(AppendError::io(&dir)(io::Error::other(
+                "not a directory (a symbolic link is never followed)",
+            )));
         }
         Ok(dir)
     }
