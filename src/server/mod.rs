@@ -63,6 +63,7 @@ pub struct Listener {
 impl Listener {
     pub fn tcp(addr: &str, service: Service) -> io::Result<Listener> {
         let l = TcpListener::bind(addr)?;
+        set_backlog(&l)?;
         l.set_nonblocking(true)?;
         Ok(Listener {
             socket: Socket::Tcp(l),
@@ -95,6 +96,7 @@ impl Listener {
             std::fs::remove_file(path)?;
         }
         let l = UnixListener::bind(path)?;
+        set_backlog(&l)?;
         if let Some(gid) = group {
             nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
                 .map_err(io::Error::from)?;
@@ -114,6 +116,22 @@ impl Listener {
             Socket::Unix(..) => None,
         }
     }
+}
+
+/// Connections the kernel queues before `accept` (capped by `net.core.somaxconn`). The
+/// standard library listens with 128: a burst of a few hundred connects (an MTA flushing
+/// its queue, many POP3 clients polling on the minute) overflowed it, and the kernel then
+/// silently dropped handshakes, leaving clients connected to nothing until they timed out.
+const LISTEN_BACKLOG: libc::c_int = 4096;
+
+/// Listen again on a bound socket with [`LISTEN_BACKLOG`] (Linux lets `listen(2)` change
+/// the backlog of a listening socket).
+fn set_backlog(l: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    // SAFETY: the descriptor is a bound, listening socket owned by the caller.
+    if unsafe { libc::listen(l.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Server-wide settings.

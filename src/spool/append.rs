@@ -372,19 +372,26 @@ impl SpoolContext {
                     what: format!("partition {partition} is not configured"),
                 })?;
         let dir = root.join("stage.");
-        if !dir.is_dir() {
-            match std::fs::create_dir(&dir) {
-                Ok(()) => {
-                    log::info!("created stage directory {}", dir.display());
-                    if let Ok(m) = std::fs::metadata(&root) {
-                        if nix::unistd::geteuid().is_root() {
-                            let _ = std::os::unix::fs::chown(&dir, Some(m.uid()), Some(m.gid()));
-                        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {
+                log::info!("created stage directory {}", dir.display());
+                if let Ok(m) = std::fs::metadata(&root) {
+                    if nix::unistd::geteuid().is_root() {
+                        let _ = std::os::unix::fs::chown(&dir, Some(m.uid()), Some(m.gid()));
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(AppendError::io(&dir)(e)),
             }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(AppendError::io(&dir)(e)),
+        }
+        // Never through a symlink: stage files are written as the spool's owner (or as
+        // root), and a `stage.` link planted to /tmp or /etc would make delivery write
+        // mail (and remove files) wherever it points.
+        let m = std::fs::symlink_metadata(&dir).map_err(AppendError::io(&dir))?;
+        if !m.is_dir() {
+            return Err(AppendError::io(&dir)(io::Error::other(
+                "not a directory (a symbolic link is never followed)",
+            )));
         }
         Ok(dir)
     }
@@ -1084,8 +1091,15 @@ impl MailboxWriter {
             self.header.last_appenddate =
                 version_time(self.change_time.unwrap_or_else(now_secs), self.version);
         }
-        // 3. Quota, before the index as mailbox_commit does.
-        self.charge_quota()?;
+        // 3. Quota. A growing mailbox is charged before its index (as mailbox_commit
+        // does), a shrinking one after: a crash in between then leaves the quota above
+        // the messages present, never below (which would let a user past the limit until
+        // `quota -f`).
+        let (old_use, new_use) = (mailbox_usage(&self.old_header), mailbox_usage(&self.header));
+        let grows = old_use.iter().zip(&new_use).any(|(o, n)| n > o);
+        if grows {
+            self.charge_quota()?;
+        }
         // 4. Records, 5. header.
         let index_path = self.files.index.clone();
         let bad = |e: index::IndexError| AppendError::corrupt(&index_path, e.to_string());
@@ -1123,6 +1137,11 @@ impl MailboxWriter {
         crash_point("append-index-header");
         file.sync_data().map_err(AppendError::io(&index_path))?;
         crash_point("append-index-header-fsync");
+        if !grows {
+            // The change is durable: a failed quota update is logged (LOSTQUOTA) and left
+            // to `quota -f`, as Cyrus leaves it, rather than reported as a failed commit.
+            let _ = self.charge_quota();
+        }
         Ok(())
     }
 
