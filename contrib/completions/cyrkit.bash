@@ -321,7 +321,7 @@ _cyrkit() {
             return 0
             ;;
         cyrkit__subcmd__serve)
-            opts="-C -q -h --lmtp --lmtp-unix --lmtp-unix-mode --lmtp-unix-group --lmtp-trust-loopback --pop3 --pop3s --tls-cert --tls-key --saslauthd --passwd-file --max-connections --log-level --json --no-progress --help"
+            opts="-C -q -h --lmtp --lmtp-unix --lmtp-unix-mode --lmtp-unix-group --lmtp-trust-loopback --lmtp-ignore-sieve --pop3 --pop3s --tls-cert --tls-key --saslauthd --passwd-file --max-connections --log-level --json --no-progress --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
