@@ -61,6 +61,9 @@ pub struct Pop3Config {
     /// The external hierarchy separator is `.` (`unixhierarchysep: no`).
     pub dot_separator: bool,
     pub username_tolower: bool,
+    /// `admins` (or `pop3_admins`): who may log in as another user (SASL authzid), as
+    /// Cyrus's `mysasl_proxy_policy` allows.
+    pub admins: Vec<String>,
 }
 
 impl Default for Pop3Config {
@@ -86,6 +89,7 @@ impl Default for Pop3Config {
             virtdomains: false,
             dot_separator: false,
             username_tolower: true,
+            admins: Vec::new(),
         }
     }
 }
@@ -142,6 +146,7 @@ impl Pop3Config {
             virtdomains: config.virtdomains().enabled(),
             dot_separator: !config.unixhierarchysep(),
             username_tolower: config.get_bool("username_tolower", true)?,
+            admins: config.admins().into_iter().map(str::to_string).collect(),
         })
     }
 }
