@@ -52,6 +52,8 @@ pub struct Pop3Config {
     /// `poptimeout`, at least 10 minutes.
     pub poptimeout: Duration,
     pub failedloginpause: Duration,
+    /// `plaintextloginpause`: wait after a successful USER/PASS login outside TLS.
+    pub plaintextloginpause: Duration,
     pub popsubfolders: bool,
     pub popuseimapflags: bool,
     pub popuseacl: bool,
@@ -81,6 +83,7 @@ impl Default for Pop3Config {
             popexpiretime: -1,
             poptimeout: Duration::from_secs(600),
             failedloginpause: Duration::from_secs(3),
+            plaintextloginpause: Duration::ZERO,
             popsubfolders: false,
             popuseimapflags: false,
             popuseacl: false,
@@ -117,6 +120,7 @@ impl Pop3Config {
         };
         let timeout = dur("poptimeout", "10m", b'm')?;
         let pause = dur("failedloginpause", "3s", b's')?;
+        let plain_pause = dur("plaintextloginpause", "0", b's')?;
         let serverinfo = match config.get("serverinfo").unwrap_or("on") {
             "off" | "no" | "0" | "false" | "f" => ServerInfo::Off,
             "min" => ServerInfo::Min,
@@ -138,6 +142,7 @@ impl Pop3Config {
             poptimeout: Duration::from_secs(u64::try_from(timeout).unwrap_or(0))
                 .max(MIN_POPTIMEOUT),
             failedloginpause: Duration::from_secs(u64::try_from(pause).unwrap_or(0)),
+            plaintextloginpause: Duration::from_secs(u64::try_from(plain_pause).unwrap_or(0)),
             popsubfolders: config.get_bool("popsubfolders", false)?,
             popuseimapflags: config.popuseimapflags(),
             popuseacl: config.get_bool("popuseacl", false)?,

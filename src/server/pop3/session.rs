@@ -383,6 +383,10 @@ impl Session<'_> {
             self.send(b"-ERR [AUTH] Invalid login\r\n")?;
             return Ok(Next::Stay(State::Authorization(Authorization::default())));
         }
+        // cmd_pass: a password that crossed the network in the clear costs a pause.
+        if !self.tls_done && !self.env.cfg.plaintextloginpause.is_zero() {
+            std::thread::sleep(self.env.cfg.plaintextloginpause);
+        }
         self.open_inbox(target, "plaintext")
     }
 

@@ -345,6 +345,32 @@ fn failed_login_pauses() {
 }
 
 #[test]
+fn plaintext_login_pause_only_outside_tls() {
+    let mut cfg = base_cfg();
+    cfg.plaintextloginpause = Duration::from_millis(300);
+    let env = env_with(cfg, Arc::new(FakeStore::default()), false);
+    for (input, tls, slow) in [
+        (&b"USER alice\r\nPASS secret\r\nQUIT\r\n"[..], false, true),
+        (
+            b"STLS\r\nUSER alice\r\nPASS secret\r\nQUIT\r\n",
+            true,
+            false,
+        ),
+        (b"USER alice\r\nPASS wrong\r\nQUIT\r\n", false, false),
+    ] {
+        let mut ch = MemChannel::new(input, 1);
+        if tls {
+            ch = ch.with_tls();
+        }
+        let start = std::time::Instant::now();
+        run(&mut ch, &env);
+        let took = start.elapsed();
+        assert_eq!(took >= Duration::from_millis(300), slow, "{took:?}");
+        assert!(ch.output_str().ends_with("+OK\r\n"));
+    }
+}
+
+#[test]
 fn sasl_plain_login_and_cancel() {
     let store = Arc::new(FakeStore::default());
     let env = env_with(base_cfg(), store.clone(), false);
