@@ -4,82 +4,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use support::cyrus::{chown_cyrus, crlf, free_port, require_cyrus, CyrusInstance, CyrusOptions};
-
-/// A minimal POP3 client that records every byte it reads.
-struct Pop {
-    r: BufReader<TcpStream>,
-    w: TcpStream,
-}
-
-impl Pop {
-    fn connect(port: u16) -> Pop {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let s = loop {
-            match TcpStream::connect(("127.0.0.1", port)) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => panic!("connect {port}: {e}"),
-            }
-        };
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Pop {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap();
-        l
-    }
-    /// Send `cmd`; read one line, or up to the `.` line when `multi`.
-    fn cmd(&mut self, cmd: &str, multi: bool) -> String {
-        self.w.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
-        let first = self.line();
-        if !multi || !first.starts_with("+OK") {
-            return first;
-        }
-        let mut out = first;
-        loop {
-            let l = self.line();
-            out.push_str(&l);
-            if l == ".\r\n" || l.is_empty() {
-                return out;
-            }
-        }
-    }
-}
-
-/// Greeting and CAPA with what legitimately differs (host, version, challenge, UTF8) masked.
-fn shape(s: &str) -> String {
-    s.lines()
-        .filter(|l| *l != "UTF8")
-        .map(|l| {
-            if let Some(i) = l.find("IMPLEMENTATION Cyrus POP3 ") {
-                format!("{}IMPLEMENTATION Cyrus POP3 V", &l[..i])
-            } else if l.starts_with("+OK ") && l.contains("server ready") {
-                "+OK HOST Cyrus POP3 V server ready".to_string()
-            } else if l.starts_with("SASL ") {
-                // Cyrus lists every SASL plugin installed; cyrkit what its store can check.
-                "SASL ...".to_string()
-            } else if let Some(i) = l.find("SESSIONID=<") {
-                format!("{}SESSIONID=<ID>", &l[..i])
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
+use support::pop3::{quota_used, shape, Pop};
 
 struct Cyrkit(Child);
 
@@ -178,14 +106,6 @@ fn reconstruct_report(cy: &CyrusInstance) -> String {
     String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr)
 }
 
-fn quota_used(cy: &CyrusInstance) -> u64 {
-    let q = cy.run_tool("quota", &["-J"]).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&q.stdout).expect("quota -J is JSON");
-    v["user.alice"]["STORAGE"]["used"]
-        .as_u64()
-        .expect("STORAGE used")
-}
-
 #[test]
 fn cyrkit_pop3_answers_as_cyrus_pop3d() {
     if !require_cyrus() {
@@ -252,7 +172,7 @@ fn cyrkit_pop3_answers_as_cyrus_pop3d() {
     imap.logout().unwrap();
     let port = free_port().unwrap();
     let _ck = start_cyrkit(&cy, port);
-    let used_before = quota_used(&cy);
+    let used_before = quota_used(&cy, "user.alice");
     let baseline = reconstruct_report(&cy);
     let mut p = Pop::connect(port);
     p.line();
@@ -284,7 +204,7 @@ fn cyrkit_pop3_answers_as_cyrus_pop3d() {
     assert_eq!(uids, vec![1, 3]);
     imap.logout().unwrap();
     assert_eq!(
-        quota_used(&cy),
+        quota_used(&cy, "user.alice"),
         used_before - gone,
         "quota usage lowered by the sizes"
     );

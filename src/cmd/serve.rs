@@ -216,12 +216,12 @@ fn pop3_listeners(ctx: &ServeContext) -> anyhow::Result<Vec<Listener>> {
         SpoolStore::new(ctx.config.clone(), cfg.clone())
             .map_err(|e| UsageError(format!("{}: {e}", ctx.config_path.display())))?,
     );
-    let creds = pop3_credentials(ctx)?;
+    let auth = pop3_authenticator(ctx)?;
     let service = |name: &'static str, implicit_tls: bool| {
         let env = session::SessionEnv {
             cfg: cfg.clone(),
             store: store.clone(),
-            creds: creds.clone(),
+            auth: auth.clone(),
             service: name,
             open_fail_pause: session::OPEN_FAIL_PAUSE,
             now: session::unix_now,
@@ -253,14 +253,13 @@ fn pop3_listeners(ctx: &ServeContext) -> anyhow::Result<Vec<Listener>> {
 }
 
 /// The password store POP3 logins are checked against.
-fn pop3_credentials(
+fn pop3_authenticator(
     ctx: &ServeContext,
-) -> anyhow::Result<Option<Arc<dyn crate::server::pop3::login::Credentials>>> {
-    use crate::server::pop3::login::{AuthCredentials, Credentials};
+) -> anyhow::Result<Option<Arc<dyn crate::server::auth::Authenticator>>> {
     let auth = crate::server::auth::from_args(&ctx.args, &ctx.config)
         .map_err(|e| UsageError(e.to_string()))?;
     if auth.is_none() {
         ::log::warn!("pop3: no password store (--passwd-file, --saslauthd): every login fails");
     }
-    Ok(auth.map(|a| Arc::new(AuthCredentials(a)) as Arc<dyn Credentials>))
+    Ok(auth)
 }

@@ -5,14 +5,15 @@
 //! plus cyrkit's "recent mode": `recent:alice` logs in as alice and lists only the last 30
 //! days' messages (a second device that must not miss mail).
 //!
-//! The checks: SASL PLAIN (RFC 4616), LOGIN, CRAM-MD5 (RFC 2195) and APOP (RFC 1939 §7),
-//! against a [`Credentials`] store. Pure functions; the exchange itself is in `session`.
+//! The checks themselves are [`crate::server::sasl`]'s (PLAIN, LOGIN, CRAM-MD5, APOP), run
+//! against [`LoginNames`], which strips what is not part of the user id before asking the
+//! password store.
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
-use md5::{Digest, Md5};
+use std::sync::Arc;
 
 use super::{LoginTarget, Pop3Config};
+use crate::server::auth::{AuthError, Authenticator};
+use crate::server::sasl::{self, Mechanism, SaslError};
 
 /// Prefix of a login name asking for the recent mode.
 pub const RECENT_PREFIX: &str = "recent:";
@@ -21,30 +22,41 @@ pub const RECENT_WINDOW_SECS: i64 = 30 * 86_400;
 /// Cyrus's `MAX_MAILBOX_BUFFER`: `strlen(userid) + 6 >= 1024` is "Invalid user".
 const MAX_MAILBOX_BUFFER: usize = 1024;
 
-/// Where passwords are checked (the auth module's `Authenticator`, or a test fake).
-pub trait Credentials: Send + Sync {
-    /// Ok(false) for a wrong password and for an unknown user alike.
-    fn check_password(&self, user: &str, password: &[u8]) -> Result<bool, String>;
-    /// The cleartext secret (APOP, CRAM-MD5), when the store has them.
-    fn secret(&self, user: &str) -> Option<Vec<u8>>;
-    /// Whether [`Credentials::secret`] can ever answer (offer APOP and CRAM-MD5).
-    fn has_secrets(&self) -> bool;
+/// The server's password store asked with POP3 login names: `recent:alice+Sent` is checked
+/// as `alice` (the prefix and the `+folder` name a mailbox, not a user). A name that is no
+/// valid login, or no store at all, is a wrong password. [`crate::server::sasl::SaslServer`]
+/// and [`sasl::apop_check`] run against this, so they see the names the client sent.
+pub struct LoginNames {
+    store: Option<Arc<dyn Authenticator>>,
+    cfg: Arc<Pop3Config>,
 }
 
-/// The server's password stores ([`crate::server::auth`]) as POP3 credentials.
-pub struct AuthCredentials(pub std::sync::Arc<dyn crate::server::auth::Authenticator>);
-
-impl Credentials for AuthCredentials {
-    fn check_password(&self, user: &str, password: &[u8]) -> Result<bool, String> {
-        self.0
-            .check_password(user, password)
-            .map_err(|e| e.to_string())
+impl LoginNames {
+    pub fn new(store: Option<Arc<dyn Authenticator>>, cfg: Arc<Pop3Config>) -> LoginNames {
+        LoginNames { store, cfg }
     }
-    fn secret(&self, user: &str) -> Option<Vec<u8>> {
-        self.0.secret(user)
+
+    /// The store and the user id a login name checks against.
+    fn resolve(&self, name: &str) -> Option<(&dyn Authenticator, String)> {
+        let store = self.store.as_deref()?;
+        let target = parse_login_name(name.as_bytes(), &self.cfg)?;
+        Some((store, target.userid))
+    }
+}
+
+impl Authenticator for LoginNames {
+    fn check_password(&self, name: &str, password: &[u8]) -> Result<bool, AuthError> {
+        match self.resolve(name) {
+            Some((store, userid)) => store.check_password(&userid, password),
+            None => Ok(false),
+        }
+    }
+    fn secret(&self, name: &str) -> Option<Vec<u8>> {
+        let (store, userid) = self.resolve(name)?;
+        store.secret(&userid)
     }
     fn has_secrets(&self) -> bool {
-        self.0.has_secrets()
+        self.store.as_ref().is_some_and(|s| s.has_secrets())
     }
 }
 
@@ -104,138 +116,38 @@ pub fn parse_login_name(raw: &[u8], cfg: &Pop3Config) -> Option<LoginTarget> {
     })
 }
 
-/// The SASL mechanisms offered, in Cyrus SASL's order (strongest first).
-pub fn mechanisms(plaintext_ok: bool, secrets: bool) -> Vec<&'static str> {
-    let mut m = Vec::new();
-    if secrets {
-        m.push("CRAM-MD5");
-    }
-    if plaintext_ok {
-        m.push("PLAIN");
-        m.push("LOGIN");
-    }
-    m
+/// The mechanisms offered: those of the store ([`sasl::mechanisms`]: CRAM-MD5 only with
+/// cleartext secrets), without PLAIN and LOGIN unless plaintext is allowed (Cyrus's
+/// `allowplaintext: no` outside TLS).
+pub fn mechanisms(auth: &dyn Authenticator, plaintext_ok: bool) -> Vec<Mechanism> {
+    sasl::mechanisms(auth)
+        .into_iter()
+        .filter(|m| plaintext_ok || !m.is_plaintext())
+        .collect()
 }
 
-/// SASL result codes and `sasl_errstring` texts, as Cyrus puts them after
-/// `-ERR [AUTH] authenticating: `.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaslError {
-    NoMech,
-    BadProt,
-    BadAuth,
-    NoAuthz,
-    Encrypt,
-}
-
-impl SaslError {
-    pub fn text(self) -> &'static str {
-        match self {
-            SaslError::NoMech => "no mechanism available",
-            SaslError::BadProt => "bad protocol / cancel",
-            SaslError::BadAuth => "authentication failure",
-            SaslError::NoAuthz => "authorization failure",
-            SaslError::Encrypt => "encryption needed to use mechanism",
+/// The `sasl_errstring` text Cyrus puts after `-ERR [AUTH] authenticating: ` for a failed
+/// exchange (a cancel has its own reply).
+pub fn sasl_error_text(e: &SaslError) -> &'static str {
+    match e {
+        // `mysasl_proxy_policy` refuses a proxy login with SASL_BADAUTH, not SASL_NOAUTHZ.
+        SaslError::AuthFailed { .. } | SaslError::Backend(_) | SaslError::NotAuthorized { .. } => {
+            AUTH_FAILURE
         }
+        SaslError::Cancelled
+        | SaslError::BadBase64
+        | SaslError::TooLong
+        | SaslError::Malformed { .. }
+        | SaslError::Finished => BAD_PROTOCOL,
     }
 }
 
-/// Decode a base64 client response (`=` is the empty response).
-pub fn decode_response(line: &[u8]) -> Result<Vec<u8>, SaslError> {
-    if line == b"=" {
-        return Ok(Vec::new());
-    }
-    base64::engine::general_purpose::STANDARD
-        .decode(line)
-        .map_err(|_| SaslError::BadProt)
-}
-
-pub fn encode_challenge(c: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(c)
-}
-
-/// The three fields of a PLAIN response.
-pub type PlainFields<'a> = (&'a [u8], &'a [u8], &'a [u8]);
-
-/// PLAIN: `authzid NUL authcid NUL password` → (authzid, authcid, password).
-pub fn parse_plain(resp: &[u8]) -> Result<PlainFields<'_>, SaslError> {
-    let mut parts = resp.splitn(3, |&b| b == 0);
-    let authz = parts.next().ok_or(SaslError::BadProt)?;
-    let authc = parts.next().ok_or(SaslError::BadProt)?;
-    let pass = parts.next().ok_or(SaslError::BadProt)?;
-    if authc.is_empty() {
-        return Err(SaslError::BadProt);
-    }
-    Ok((authz, authc, pass))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Constant-time comparison of two byte strings.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// CRAM-MD5: the response is `user SP hex(HMAC-MD5(secret, challenge))`.
-/// Returns the user name when the digest matches.
-pub fn check_cram_md5<'r>(
-    challenge: &[u8],
-    response: &'r [u8],
-    secret: &dyn Fn(&str) -> Option<Vec<u8>>,
-) -> Result<&'r str, SaslError> {
-    let sp = response
-        .iter()
-        .rposition(|&b| b == b' ')
-        .ok_or(SaslError::BadProt)?;
-    let user =
-        std::str::from_utf8(response.get(..sp).unwrap_or(&[])).map_err(|_| SaslError::BadProt)?;
-    let digest = response.get(sp + 1..).unwrap_or(&[]);
-    let key = secret(user).ok_or(SaslError::BadAuth)?;
-    let mut mac = Hmac::<Md5>::new_from_slice(&key).map_err(|_| SaslError::BadAuth)?;
-    mac.update(challenge);
-    let want = hex(&mac.finalize().into_bytes());
-    if same(want.as_bytes(), &digest.to_ascii_lowercase()) {
-        Ok(user)
-    } else {
-        Err(SaslError::BadAuth)
-    }
-}
-
-/// APOP: `name SP hex(MD5(challenge secret))` (Cyrus SASL splits at the last blank).
-pub fn check_apop<'r>(
-    challenge: &str,
-    response: &'r [u8],
-    secret: &dyn Fn(&str) -> Option<Vec<u8>>,
-) -> Result<&'r [u8], SaslError> {
-    let sp = response
-        .iter()
-        .rposition(|&b| b == b' ')
-        .ok_or(SaslError::BadProt)?;
-    let user = response.get(..sp).unwrap_or(&[]);
-    let digest = response.get(sp + 1..).unwrap_or(&[]);
-    let name = std::str::from_utf8(user).map_err(|_| SaslError::BadAuth)?;
-    let key = secret(name).ok_or(SaslError::BadAuth)?;
-    let mut h = Md5::new();
-    h.update(challenge.as_bytes());
-    h.update(&key);
-    let want = hex(&h.finalize());
-    if same(want.as_bytes(), &digest.to_ascii_lowercase()) {
-        Ok(user)
-    } else {
-        Err(SaslError::BadAuth)
-    }
-}
-
-/// A challenge `<random.time@host>` as `sasl_mkchal` makes it (APOP greeting, CRAM-MD5).
-pub fn make_challenge(host: &str) -> String {
-    let r: u64 = rand::random();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("<{r}.{now}@{host}>")
-}
+/// `sasl_errstring(SASL_NOMECH)`.
+pub const NO_MECHANISM: &str = "no mechanism available";
+/// `sasl_errstring(SASL_BADAUTH)`.
+pub const AUTH_FAILURE: &str = "authentication failure";
+/// `sasl_errstring(SASL_BADPROT)`.
+pub const BAD_PROTOCOL: &str = "bad protocol / cancel";
 
 #[cfg(test)]
 mod tests {
@@ -278,39 +190,67 @@ mod tests {
         );
     }
 
-    #[test]
-    fn plain_and_base64() {
-        assert_eq!(decode_response(b"="), Ok(Vec::new()));
-        assert_eq!(decode_response(b"!!"), Err(SaslError::BadProt));
-        let r = decode_response(b"AGFsaWNlAHNlY3JldA==").unwrap();
-        assert_eq!(
-            parse_plain(&r),
-            Ok((&b""[..], &b"alice"[..], &b"secret"[..]))
-        );
-        assert_eq!(parse_plain(b"x"), Err(SaslError::BadProt));
+    /// A store that knows alice (password and cleartext secret `secret`).
+    struct Alice;
+
+    impl Authenticator for Alice {
+        fn check_password(&self, user: &str, password: &[u8]) -> Result<bool, AuthError> {
+            Ok(user == "alice" && password == b"secret")
+        }
+        fn secret(&self, user: &str) -> Option<Vec<u8>> {
+            (user == "alice").then(|| b"secret".to_vec())
+        }
+        fn has_secrets(&self) -> bool {
+            true
+        }
     }
 
     #[test]
-    fn cram_md5_rfc2195_example() {
-        let chal = b"<1896.697170952@postoffice.reston.mci.net>";
-        let resp = b"tim b913a602c7eda7a495b4e6e7334d3890";
-        let secret = |u: &str| (u == "tim").then(|| b"tanstaaftanstaaf".to_vec());
-        assert_eq!(check_cram_md5(chal, resp, &secret), Ok("tim"));
-        let bad = b"tim b913a602c7eda7a495b4e6e7334d3891";
-        assert_eq!(check_cram_md5(chal, bad, &secret), Err(SaslError::BadAuth));
-        assert_eq!(
-            check_cram_md5(chal, b"nobody 00", &secret),
-            Err(SaslError::BadAuth)
-        );
-    }
+    fn login_names_strip_prefix_and_folder_before_the_store() {
+        let mut c = cfg();
+        c.popsubfolders = true;
+        let names = LoginNames::new(Some(Arc::new(Alice)), Arc::new(c));
+        for name in [
+            "alice",
+            "Alice",
+            "recent:alice",
+            "alice+Sent",
+            "recent:ALICE+a.b",
+        ] {
+            assert!(names.check_password(name, b"secret").unwrap(), "{name}");
+            assert_eq!(
+                names.secret(name).as_deref(),
+                Some(&b"secret"[..]),
+                "{name}"
+            );
+        }
+        assert!(!names.check_password("alice", b"wrong").unwrap());
+        assert!(!names.check_password("bob", b"secret").unwrap());
+        // Not a login name at all: a wrong password, not an error.
+        assert!(!names.check_password("", b"secret").unwrap());
+        assert!(!names.check_password("a\u{1}b", b"secret").unwrap());
+        assert_eq!(names.secret("recent:"), None);
+        assert!(names.has_secrets());
+        // APOP through the wrapper (RFC 1939 §7 digest over this store's secret).
+        let chal = b"<1.2@x>";
+        let digest = sasl::apop_digest(chal, b"secret");
+        assert!(sasl::apop_check(
+            &names,
+            "recent:alice",
+            chal,
+            digest.as_bytes()
+        ));
+        assert!(!sasl::apop_check(&names, "bob", chal, digest.as_bytes()));
 
-    #[test]
-    fn apop_rfc1939_example() {
-        let chal = "<1896.697170952@dbc.mtview.ca.us>";
-        let secret = |u: &str| (u == "mrose").then(|| b"tanstaaf".to_vec());
-        let resp = b"mrose c4c9334bac560ecc979e58001b3e22fb";
-        assert_eq!(check_apop(chal, resp, &secret), Ok(&b"mrose"[..]));
-        let bad = b"mrose c4c9334bac560ecc979e58001b3e22fc";
-        assert_eq!(check_apop(chal, bad, &secret), Err(SaslError::BadAuth));
+        let none = LoginNames::new(None, Arc::new(cfg()));
+        assert!(!none.check_password("alice", b"secret").unwrap());
+        assert!(!none.has_secrets());
+        // Without a store that has secrets, no CRAM-MD5; PLAIN and LOGIN only with plaintext.
+        assert_eq!(
+            mechanisms(&none, true),
+            [Mechanism::Plain, Mechanism::Login]
+        );
+        assert!(mechanisms(&none, false).is_empty());
+        assert_eq!(mechanisms(&names, false), [Mechanism::CramMd5]);
     }
 }

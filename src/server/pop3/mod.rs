@@ -52,6 +52,8 @@ pub struct Pop3Config {
     /// `poptimeout`, at least 10 minutes.
     pub poptimeout: Duration,
     pub failedloginpause: Duration,
+    /// `plaintextloginpause`: wait after a successful USER/PASS login outside TLS.
+    pub plaintextloginpause: Duration,
     pub popsubfolders: bool,
     pub popuseimapflags: bool,
     pub popuseacl: bool,
@@ -61,6 +63,9 @@ pub struct Pop3Config {
     /// The external hierarchy separator is `.` (`unixhierarchysep: no`).
     pub dot_separator: bool,
     pub username_tolower: bool,
+    /// `admins` (or `pop3_admins`): who may log in as another user (SASL authzid), as
+    /// Cyrus's `mysasl_proxy_policy` allows.
+    pub admins: Vec<String>,
 }
 
 impl Default for Pop3Config {
@@ -78,6 +83,7 @@ impl Default for Pop3Config {
             popexpiretime: -1,
             poptimeout: Duration::from_secs(600),
             failedloginpause: Duration::from_secs(3),
+            plaintextloginpause: Duration::ZERO,
             popsubfolders: false,
             popuseimapflags: false,
             popuseacl: false,
@@ -86,6 +92,7 @@ impl Default for Pop3Config {
             virtdomains: false,
             dot_separator: false,
             username_tolower: true,
+            admins: Vec::new(),
         }
     }
 }
@@ -98,21 +105,12 @@ impl Pop3Config {
     pub fn from_config(config: &Config) -> Result<Pop3Config, ConfigError> {
         let config = config.clone().with_service("pop3")?;
         let d = Pop3Config::default();
-        let dur = |key: &str, default: &str, unit: u8| -> Result<i64, ConfigError> {
-            let v = config.get(key).unwrap_or(default);
-            parse_duration(v, unit).ok_or_else(|| ConfigError::InvalidValue {
-                file: config
-                    .entry(key)
-                    .map(|e| e.file.clone())
-                    .unwrap_or_default(),
-                line: config.entry(key).map_or(0, |e| e.line),
-                key: key.to_string(),
-                value: v.to_string(),
-                expected: "a duration (e.g. 10m, 1h30m, 3s)".into(),
-            })
-        };
-        let timeout = dur("poptimeout", "10m", b'm')?;
-        let pause = dur("failedloginpause", "3s", b's')?;
+        // Durations in seconds as Cyrus's config_getduration reads them (bare numbers in
+        // `unit`).
+        let dur = |key: &str, default: i64, unit: u8| config.get_duration(key, unit, default);
+        let timeout = dur("poptimeout", 600, b'm')?;
+        let pause = dur("failedloginpause", 3, b's')?;
+        let plain_pause = dur("plaintextloginpause", 0, b's')?;
         let serverinfo = match config.get("serverinfo").unwrap_or("on") {
             "off" | "no" | "0" | "false" | "f" => ServerInfo::Off,
             "min" => ServerInfo::Min,
@@ -128,12 +126,13 @@ impl Pop3Config {
             allowapop: config.get_bool("allowapop", d.allowapop)?,
             allowanonymouslogin: config.get_bool("allowanonymouslogin", false)?,
             tls_required: config.get_bool("tls_required", false)?,
-            popminpoll: dur("popminpoll", "0", b'm')?.max(0),
+            popminpoll: dur("popminpoll", 0, b'm')?.max(0),
             poppollpadding: config.get_int("poppollpadding", 1)?,
-            popexpiretime: dur("popexpiretime", "-1", b'd')?,
+            popexpiretime: dur("popexpiretime", -86_400, b'd')?,
             poptimeout: Duration::from_secs(u64::try_from(timeout).unwrap_or(0))
                 .max(MIN_POPTIMEOUT),
             failedloginpause: Duration::from_secs(u64::try_from(pause).unwrap_or(0)),
+            plaintextloginpause: Duration::from_secs(u64::try_from(plain_pause).unwrap_or(0)),
             popsubfolders: config.get_bool("popsubfolders", false)?,
             popuseimapflags: config.popuseimapflags(),
             popuseacl: config.get_bool("popuseacl", false)?,
@@ -142,6 +141,7 @@ impl Pop3Config {
             virtdomains: config.virtdomains().enabled(),
             dot_separator: !config.unixhierarchysep(),
             username_tolower: config.get_bool("username_tolower", true)?,
+            admins: config.admins().into_iter().map(str::to_string).collect(),
         })
     }
 }
@@ -153,50 +153,6 @@ fn hostname() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
-}
-
-/// A duration as Cyrus's `config_parse_duration` reads it: an optional `-`, then groups of
-/// digits each followed by a unit `d`, `h`, `m` or `s` (the last group may omit its unit:
-/// `default_unit` applies). Returns seconds.
-pub fn parse_duration(s: &str, default_unit: u8) -> Option<i64> {
-    let s = s.trim();
-    let (neg, rest) = match s.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, s),
-    };
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total: i64 = 0;
-    let mut n: Option<i64> = None;
-    for b in rest.bytes().chain(std::iter::once(0)) {
-        if b.is_ascii_digit() {
-            let v = n
-                .unwrap_or(0)
-                .checked_mul(10)?
-                .checked_add(i64::from(b - b'0'))?;
-            n = Some(v);
-            continue;
-        }
-        let unit = if b == 0 {
-            match n {
-                Some(_) => default_unit,
-                None => break,
-            }
-        } else {
-            b.to_ascii_lowercase()
-        };
-        let mult = match unit {
-            b'd' => 86_400,
-            b'h' => 3_600,
-            b'm' => 60,
-            b's' => 1,
-            _ => return None,
-        };
-        total = total.checked_add(n?.checked_mul(mult)?)?;
-        n = None;
-    }
-    Some(if neg { -total } else { total })
 }
 
 /// One message of a maildrop as listed at login.
@@ -277,22 +233,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_as_cyrus_parses_them() {
-        assert_eq!(parse_duration("10", b'm'), Some(600));
-        assert_eq!(parse_duration("10m", b's'), Some(600));
-        assert_eq!(parse_duration("1h30m", b's'), Some(5400));
-        assert_eq!(parse_duration("1h30", b'm'), Some(5400));
-        assert_eq!(parse_duration("3s", b'm'), Some(3));
-        assert_eq!(parse_duration("-1", b'd'), Some(-86400));
-        assert_eq!(parse_duration("2d", b'm'), Some(172800));
-        assert_eq!(parse_duration("0", b'm'), Some(0));
-        assert_eq!(parse_duration("x", b'm'), None);
-        assert_eq!(parse_duration("", b'm'), None);
-        assert_eq!(parse_duration("5w", b'm'), None);
-        assert_eq!(parse_duration("99999999999999999999", b'm'), None);
-    }
-
-    #[test]
     fn config_defaults_and_minimum_timeout() {
         let c = Config::parse(
             b"configdirectory: /x\npoptimeout: 5\npopminpoll: 2\nservername: mx\n",
@@ -314,5 +254,18 @@ mod tests {
         let p = Pop3Config::from_config(&c).unwrap();
         assert_eq!(p.poptimeout, Duration::from_secs(3600));
         assert_eq!(p.failedloginpause, Duration::ZERO);
+        // Durations as config_getduration reads them; junk is a configuration error.
+        let c = Config::parse(
+            b"configdirectory: /x\npopminpoll: 1h30\npopexpiretime: 2\n",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let p = Pop3Config::from_config(&c).unwrap();
+        assert_eq!((p.popminpoll, p.popexpiretime), (5400, 2 * 86_400));
+        let c = Config::parse(
+            b"configdirectory: /x\npop3_popminpoll: 5w\n",
+            std::path::Path::new("/"),
+        );
+        assert!(c.map_or(true, |c| Pop3Config::from_config(&c).is_err()));
     }
 }

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::command::{self, ArgError, Parsed, Verb};
-use super::login::{self, Credentials, SaslError};
+use super::login::{self, LoginNames};
 use super::stuff::Stuffer;
 use super::{LoginTarget, Maildrop, MaildropStore, OpenError, Pop3Config, ServerInfo, Update};
+use crate::server::auth::Authenticator;
 use crate::server::channel::{Channel, ChannelError};
+use crate::server::sasl::{self, Mechanism, ProxyPolicy, SaslError, SaslServer, SaslStep};
 use crate::spool::config::UidlFormat;
 
 /// Longest command line read (Cyrus reads commands into an 8192-byte buffer).
@@ -32,8 +34,8 @@ pub const OPEN_FAIL_PAUSE: Duration = Duration::from_secs(3);
 pub struct SessionEnv {
     pub cfg: Arc<Pop3Config>,
     pub store: Arc<dyn MaildropStore>,
-    /// `None`: no password store configured (every login fails).
-    pub creds: Option<Arc<dyn Credentials>>,
+    /// The password store; `None`: none configured (every login fails).
+    pub auth: Option<Arc<dyn Authenticator>>,
     /// The service name (`pop3`, `pop3s`): Cyrus's `config_ident`, checked in user_deny.db.
     pub service: &'static str,
     /// Pause before "Unable to open maildrop" replies ([`OPEN_FAIL_PAUSE`]; tests use 0).
@@ -94,6 +96,9 @@ pub enum End {
 struct Session<'a> {
     ch: &'a mut dyn Channel,
     env: &'a SessionEnv,
+    /// The password store, asked with login names as the client sent them.
+    names: Arc<LoginNames>,
+    policy: Arc<ProxyPolicy>,
     session_id: String,
     apop_challenge: Option<String>,
     tls_done: bool,
@@ -103,12 +108,15 @@ struct Session<'a> {
 pub fn run(ch: &mut dyn Channel, env: &SessionEnv) -> End {
     let now = (env.now)();
     ch.set_idle_timeout(env.cfg.poptimeout);
-    let apop_possible = !env.cfg.tls_required
-        && env.cfg.allowapop
-        && env.creds.as_ref().is_some_and(|c| c.has_secrets());
+    let names = Arc::new(LoginNames::new(env.auth.clone(), env.cfg.clone()));
+    let apop_possible = !env.cfg.tls_required && env.cfg.allowapop && names.has_secrets();
     let mut s = Session {
         session_id: new_session_id(&env.cfg.servername, now),
-        apop_challenge: apop_possible.then(|| login::make_challenge(&env.cfg.servername)),
+        apop_challenge: apop_possible.then(|| sasl::make_challenge(&env.cfg.servername)),
+        names,
+        policy: Arc::new(ProxyPolicy {
+            admins: env.cfg.admins.clone(),
+        }),
         tls_done: ch.tls_active(),
         ch,
         env,
@@ -197,9 +205,8 @@ impl Session<'_> {
         !self.env.cfg.tls_required && (self.tls_done || self.env.cfg.allowplaintext)
     }
 
-    fn mechanisms(&self) -> Vec<&'static str> {
-        let secrets = self.env.creds.as_ref().is_some_and(|c| c.has_secrets());
-        login::mechanisms(self.plaintext_ok(), secrets)
+    fn mechanisms(&self) -> Vec<Mechanism> {
+        login::mechanisms(self.names.as_ref(), self.plaintext_ok())
     }
 
     fn tls_configured(&self) -> bool {
@@ -211,7 +218,8 @@ impl Session<'_> {
         let mut out = String::from("+OK List of capabilities follows\r\n");
         let mechs = self.mechanisms();
         if !cfg.tls_required && !logged_in && !mechs.is_empty() {
-            out.push_str(&format!("SASL {}\r\n", mechs.join(" ")));
+            let names: Vec<&str> = mechs.iter().map(|m| m.name()).collect();
+            out.push_str(&format!("SASL {}\r\n", names.join(" ")));
         }
         if self.ch.tls_available() && !self.tls_done && !logged_in {
             out.push_str("STLS\r\n");
@@ -346,21 +354,13 @@ impl Session<'_> {
     }
 
     fn check_password(&self, user: &str, pass: &[u8]) -> bool {
-        match &self.env.creds {
-            Some(c) => match c.check_password(user, pass) {
-                Ok(ok) => ok,
-                Err(e) => {
-                    log::error!("cannot check the password of {user}: {e}");
-                    false
-                }
-            },
-            None => false,
+        match self.names.check_password(user, pass) {
+            Ok(ok) => ok,
+            Err(e) => {
+                log::error!("cannot check the password of {user}: {e}");
+                false
+            }
         }
-    }
-
-    fn secret_fn(&self) -> impl Fn(&str) -> Option<Vec<u8>> {
-        let creds = self.env.creds.clone();
-        move |u: &str| creds.as_ref().and_then(|c| c.secret(u))
     }
 
     fn cmd_pass(&mut self, a: Authorization, pass: &[u8]) -> Result<Next, ChannelError> {
@@ -383,6 +383,10 @@ impl Session<'_> {
             self.send(b"-ERR [AUTH] Invalid login\r\n")?;
             return Ok(Next::Stay(State::Authorization(Authorization::default())));
         }
+        // cmd_pass: a password that crossed the network in the clear costs a pause.
+        if !self.tls_done && !self.env.cfg.plaintextloginpause.is_zero() {
+            std::thread::sleep(self.env.cfg.plaintextloginpause);
+        }
         self.open_inbox(target, "plaintext")
     }
 
@@ -392,19 +396,25 @@ impl Session<'_> {
             return Ok(Next::Stay(State::Authorization(a)));
         }
         let chal = self.apop_challenge.clone().unwrap_or_default();
-        let checked = {
-            let secret = self.secret_fn();
-            login::check_apop(&chal, resp, &secret).map(<[u8]>::to_vec)
+        // `name SP digest`, split at the last blank as Cyrus SASL's APOP check does.
+        let target = match resp.iter().rposition(|&b| b == b' ') {
+            None => Err(login::BAD_PROTOCOL),
+            Some(sp) => {
+                let (name, digest) = (&resp[..sp], &resp[sp + 1..]);
+                match std::str::from_utf8(name) {
+                    Ok(n) if sasl::apop_check(self.names.as_ref(), n, chal.as_bytes(), digest) => {
+                        login::parse_login_name(name, &self.env.cfg).ok_or(login::AUTH_FAILURE)
+                    }
+                    _ => Err(login::AUTH_FAILURE),
+                }
+            }
         };
-        let target = checked.and_then(|name| {
-            login::parse_login_name(&name, &self.env.cfg).ok_or(SaslError::BadAuth)
-        });
         match target {
             Ok(t) => self.open_inbox(t, "APOP"),
-            Err(e) => {
-                log::info!("badlogin: {} APOP ({chal}) [{}]", self.peer(), e.text());
+            Err(text) => {
+                log::info!("badlogin: {} APOP ({chal}) [{text}]", self.peer());
                 self.failed_pause();
-                self.send_str(&format!("-ERR [AUTH] authenticating: {}\r\n", e.text()))?;
+                self.send_str(&format!("-ERR [AUTH] authenticating: {text}\r\n"))?;
                 Ok(Next::Stay(State::Authorization(Authorization::default())))
             }
         }
@@ -418,7 +428,7 @@ impl Session<'_> {
         let Some(arg) = arg else {
             let mut out = String::from("+OK List of supported mechanisms follows\r\n");
             for m in self.mechanisms() {
-                out.push_str(m);
+                out.push_str(m.name());
                 out.push_str("\r\n");
             }
             out.push_str(".\r\n");
@@ -433,122 +443,82 @@ impl Session<'_> {
             ),
             None => (arg, None),
         };
-        let mech = String::from_utf8_lossy(mech).to_ascii_uppercase();
-        match self.sasl(&mech, initial)? {
-            Ok(target) => self.open_inbox(target, &mech),
+        let mech_name = String::from_utf8_lossy(mech).to_ascii_uppercase();
+        match self.sasl(mech, initial)? {
+            Ok(target) => self.open_inbox(target, &mech_name),
             Err(SaslEnd::Cancel) => {
                 self.send(b"-ERR [AUTH] Client canceled authentication\r\n")?;
                 Ok(Next::Stay(State::Authorization(Authorization::default())))
             }
-            Err(SaslEnd::Failed(e, user)) => {
+            Err(SaslEnd::Failed(text, user)) => {
                 log::info!(
-                    "badlogin: {} {mech} ({}) [{}]",
+                    "badlogin: {} {mech_name} ({}) [{text}]",
                     self.peer(),
                     user.as_deref().unwrap_or("-notset-"),
-                    e.text()
                 );
                 self.failed_pause();
-                self.send_str(&format!("-ERR [AUTH] authenticating: {}\r\n", e.text()))?;
+                self.send_str(&format!("-ERR [AUTH] authenticating: {text}\r\n"))?;
                 Ok(Next::Stay(State::Authorization(Authorization::default())))
             }
         }
     }
 
-    /// Send a continuation and read the client's response (`saslserver`).
-    fn sasl_step(&mut self, challenge: &[u8]) -> Result<Result<Vec<u8>, SaslEnd>, ChannelError> {
-        self.send_str(&format!("+ {}\r\n", login::encode_challenge(challenge)))?;
-        let line = match self.ch.read_line(SASL_LINE_LIMIT) {
-            Ok(l) => l,
-            Err(ChannelError::LineTooLong { .. }) => {
-                return Ok(Err(SaslEnd::Failed(SaslError::BadProt, None)))
-            }
-            Err(e) => return Err(e),
-        };
-        if line.bytes.first() == Some(&b'*') {
-            return Ok(Err(SaslEnd::Cancel));
-        }
-        Ok(login::decode_response(&line.bytes).map_err(|e| SaslEnd::Failed(e, None)))
-    }
-
+    /// Run the SASL exchange (`saslserver`): `+ ` continuations until the mechanism is done.
     fn sasl(
         &mut self,
-        mech: &str,
+        mech: &[u8],
         initial: Option<&[u8]>,
     ) -> Result<Result<LoginTarget, SaslEnd>, ChannelError> {
-        if !self.mechanisms().contains(&mech) {
-            return Ok(Err(SaslEnd::Failed(SaslError::NoMech, None)));
-        }
-        let initial = match initial.map(login::decode_response) {
-            Some(Err(e)) => return Ok(Err(SaslEnd::Failed(e, None))),
-            Some(Ok(v)) => Some(v),
-            None => None,
+        let Some(mech) = Mechanism::parse(mech).filter(|m| self.mechanisms().contains(m)) else {
+            return Ok(Err(SaslEnd::Failed(login::NO_MECHANISM, None)));
         };
-        let target_of = |s: &Self, name: &[u8]| {
-            login::parse_login_name(name, &s.env.cfg).ok_or(SaslError::BadAuth)
-        };
-        macro_rules! step {
-            ($chal:expr) => {
-                match self.sasl_step($chal)? {
-                    Ok(v) => v,
-                    Err(e) => return Ok(Err(e)),
+        let mut server = SaslServer::new(
+            mech,
+            self.names.clone(),
+            self.policy.clone(),
+            &self.env.cfg.servername,
+        );
+        let mut step = server.start(initial);
+        loop {
+            match step {
+                SaslStep::Challenge(c) => {
+                    self.send_str(&format!("+ {}\r\n", sasl::encode_challenge(&c)))?;
+                    let line = match self.ch.read_line(SASL_LINE_LIMIT) {
+                        Ok(l) => l,
+                        Err(ChannelError::LineTooLong { .. }) => {
+                            return Ok(Err(SaslEnd::Failed(login::BAD_PROTOCOL, None)))
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    // Cyrus cancels on any response starting with `*`.
+                    if line.bytes.first() == Some(&b'*') {
+                        return Ok(Err(SaslEnd::Cancel));
+                    }
+                    step = server.step(&line.bytes);
                 }
-            };
-        }
-        match mech {
-            "PLAIN" => {
-                let resp = match initial {
-                    Some(v) => v,
-                    None => step!(b""),
-                };
-                let (authz, authc, pass) = match login::parse_plain(&resp) {
-                    Ok(x) => x,
-                    Err(e) => return Ok(Err(SaslEnd::Failed(e, None))),
-                };
-                let user = String::from_utf8_lossy(authc).into_owned();
-                let target = match target_of(self, authc) {
-                    Ok(t) => t,
-                    Err(e) => return Ok(Err(SaslEnd::Failed(e, Some(user)))),
-                };
-                if !self.check_password(&target.userid, pass) {
-                    return Ok(Err(SaslEnd::Failed(SaslError::BadAuth, Some(user))));
+                SaslStep::Done { authzid, .. } => {
+                    return Ok(login::parse_login_name(authzid.as_bytes(), &self.env.cfg)
+                        .ok_or(SaslEnd::Failed(login::AUTH_FAILURE, Some(authzid))));
                 }
-                if authz.is_empty() {
-                    return Ok(Ok(target));
+                SaslStep::Failed(SaslError::Cancelled) => return Ok(Err(SaslEnd::Cancel)),
+                SaslStep::Failed(SaslError::NotAuthorized { authcid, authzid }) => {
+                    // The password was right; acting as oneself under another spelling
+                    // (`Alice` for `alice`, `recent:alice`) is no proxy login.
+                    let cfg = &self.env.cfg;
+                    let same = login::parse_login_name(authzid.as_bytes(), cfg).filter(|z| {
+                        login::parse_login_name(authcid.as_bytes(), cfg)
+                            .is_some_and(|c| c.userid == z.userid)
+                    });
+                    return Ok(same.ok_or(SaslEnd::Failed(login::AUTH_FAILURE, Some(authcid))));
                 }
-                // An authorization id other than oneself needs proxy rights nobody has here.
-                match target_of(self, authz) {
-                    Ok(z) if z.userid == target.userid => Ok(Ok(z)),
-                    _ => Ok(Err(SaslEnd::Failed(SaslError::NoAuthz, Some(user)))),
-                }
-            }
-            "LOGIN" => {
-                let name = match initial {
-                    Some(v) => v,
-                    None => step!(b"Username:"),
-                };
-                let pass = step!(b"Password:");
-                let user = String::from_utf8_lossy(&name).into_owned();
-                match target_of(self, &name) {
-                    Ok(t) if self.check_password(&t.userid, &pass) => Ok(Ok(t)),
-                    _ => Ok(Err(SaslEnd::Failed(SaslError::BadAuth, Some(user)))),
+                SaslStep::Failed(e) => {
+                    let user = match &e {
+                        SaslError::AuthFailed { user } => Some(user.clone()),
+                        _ => None,
+                    };
+                    return Ok(Err(SaslEnd::Failed(login::sasl_error_text(&e), user)));
                 }
             }
-            "CRAM-MD5" => {
-                if initial.is_some() {
-                    return Ok(Err(SaslEnd::Failed(SaslError::BadProt, None)));
-                }
-                let chal = login::make_challenge(&self.env.cfg.servername);
-                let resp = step!(chal.as_bytes());
-                let checked = {
-                    let secret = self.secret_fn();
-                    login::check_cram_md5(chal.as_bytes(), &resp, &secret).map(str::to_string)
-                };
-                match checked.and_then(|u| target_of(self, u.as_bytes())) {
-                    Ok(t) => Ok(Ok(t)),
-                    Err(e) => Ok(Err(SaslEnd::Failed(e, None))),
-                }
-            }
-            _ => Ok(Err(SaslEnd::Failed(SaslError::NoMech, None))),
         }
     }
 
@@ -861,7 +831,8 @@ enum Next {
 
 enum SaslEnd {
     Cancel,
-    Failed(SaslError, Option<String>),
+    /// The `sasl_errstring` text, and the user named, for the log.
+    Failed(&'static str, Option<String>),
 }
 
 /// The UIDL of a message as Cyrus's `uidl_msg` prints it.

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 
 use super::*;
+use crate::server::auth::AuthError;
 use crate::server::channel::MemChannel;
 use crate::server::pop3::MessageInfo;
 
@@ -97,9 +98,12 @@ impl MaildropStore for StoreRef {
 
 struct FakeCreds;
 
-impl Credentials for FakeCreds {
-    fn check_password(&self, user: &str, password: &[u8]) -> Result<bool, String> {
-        Ok(matches!(user, "alice" | "bob" | "alice@example.com") && password == b"secret")
+impl Authenticator for FakeCreds {
+    fn check_password(&self, user: &str, password: &[u8]) -> Result<bool, AuthError> {
+        Ok(
+            matches!(user, "alice" | "bob" | "alice@example.com" | "admin")
+                && password == b"secret",
+        )
     }
     fn secret(&self, user: &str) -> Option<Vec<u8>> {
         (user == "alice").then(|| b"secret".to_vec())
@@ -111,8 +115,8 @@ impl Credentials for FakeCreds {
 
 fn env_with(cfg: Pop3Config, store: Arc<FakeStore>, secrets: bool) -> SessionEnv {
     struct NoSecrets;
-    impl Credentials for NoSecrets {
-        fn check_password(&self, u: &str, p: &[u8]) -> Result<bool, String> {
+    impl Authenticator for NoSecrets {
+        fn check_password(&self, u: &str, p: &[u8]) -> Result<bool, AuthError> {
             FakeCreds.check_password(u, p)
         }
         fn secret(&self, _: &str) -> Option<Vec<u8>> {
@@ -122,7 +126,7 @@ fn env_with(cfg: Pop3Config, store: Arc<FakeStore>, secrets: bool) -> SessionEnv
             false
         }
     }
-    let creds: Arc<dyn Credentials> = if secrets {
+    let auth: Arc<dyn Authenticator> = if secrets {
         Arc::new(FakeCreds)
     } else {
         Arc::new(NoSecrets)
@@ -130,7 +134,7 @@ fn env_with(cfg: Pop3Config, store: Arc<FakeStore>, secrets: bool) -> SessionEnv
     SessionEnv {
         cfg: Arc::new(cfg),
         store: Arc::new(StoreRef(store)),
-        creds: Some(creds),
+        auth: Some(auth),
         service: "pop3",
         open_fail_pause: Duration::ZERO,
         now: || 1_700_000_000,
@@ -341,6 +345,32 @@ fn failed_login_pauses() {
 }
 
 #[test]
+fn plaintext_login_pause_only_outside_tls() {
+    let mut cfg = base_cfg();
+    cfg.plaintextloginpause = Duration::from_millis(300);
+    let env = env_with(cfg, Arc::new(FakeStore::default()), false);
+    for (input, tls, slow) in [
+        (&b"USER alice\r\nPASS secret\r\nQUIT\r\n"[..], false, true),
+        (
+            b"STLS\r\nUSER alice\r\nPASS secret\r\nQUIT\r\n",
+            true,
+            false,
+        ),
+        (b"USER alice\r\nPASS wrong\r\nQUIT\r\n", false, false),
+    ] {
+        let mut ch = MemChannel::new(input, 1);
+        if tls {
+            ch = ch.with_tls();
+        }
+        let start = std::time::Instant::now();
+        run(&mut ch, &env);
+        let took = start.elapsed();
+        assert_eq!(took >= Duration::from_millis(300), slow, "{took:?}");
+        assert!(ch.output_str().ends_with("+OK\r\n"));
+    }
+}
+
+#[test]
 fn sasl_plain_login_and_cancel() {
     let store = Arc::new(FakeStore::default());
     let env = env_with(base_cfg(), store.clone(), false);
@@ -532,4 +562,192 @@ fn utf8_command() {
         out,
         format!("{GREETING}+OK\r\n-ERR Unexpected extra argument\r\n{READY}-ERR Unrecognized command\r\n")
     );
+}
+
+/// A client that answers what the server said: `next` gets the output so far and gives the
+/// next command line (`None`: the client hangs up). For exchanges that depend on a
+/// challenge the server made up (APOP, CRAM-MD5).
+struct Dialogue<F: FnMut(&str) -> Option<String>> {
+    inner: MemChannel,
+    next: F,
+}
+
+impl<F: FnMut(&str) -> Option<String>> Channel for Dialogue<F> {
+    fn read_line(&mut self, _limit: usize) -> Result<crate::server::channel::Line, ChannelError> {
+        match (self.next)(&self.inner.output_str()) {
+            Some(l) => Ok(crate::server::channel::Line {
+                bytes: l.into_bytes(),
+                ending: crate::server::channel::Ending::CrLf,
+            }),
+            None => Err(ChannelError::Closed),
+        }
+    }
+    fn read_exact_to(
+        &mut self,
+        n: u64,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ChannelError> {
+        self.inner.read_exact_to(n, sink)
+    }
+    fn write_all(&mut self, bytes: &[u8]) -> Result<(), ChannelError> {
+        self.inner.write_all(bytes)
+    }
+    fn flush(&mut self) -> Result<(), ChannelError> {
+        Ok(())
+    }
+    fn has_buffered_input(&self) -> bool {
+        false
+    }
+    fn tls_available(&self) -> bool {
+        false
+    }
+    fn tls_active(&self) -> bool {
+        false
+    }
+    fn start_tls(&mut self) -> Result<(), ChannelError> {
+        self.inner.start_tls()
+    }
+    fn peer(&self) -> &crate::server::channel::Peer {
+        self.inner.peer()
+    }
+    fn set_busy(&mut self, busy: bool) {
+        self.inner.set_busy(busy)
+    }
+    fn set_idle_timeout(&mut self, _timeout: Duration) {}
+}
+
+/// Run a dialogue: `script` turns the server's last line into the next command.
+fn converse(env: &SessionEnv, mut script: impl FnMut(&str) -> Option<String>) -> String {
+    let mut ch = Dialogue {
+        inner: MemChannel::new(b"", 1),
+        next: |out: &str| script(out.trim_end().rsplit("\r\n").next().unwrap_or("")),
+    };
+    run(&mut ch, env);
+    normalise(&ch.inner.output_str())
+}
+
+#[test]
+fn apop_with_the_greeting_challenge() {
+    let store = Arc::new(FakeStore::default());
+    let env = env_with(base_cfg(), store.clone(), true);
+    for (name, digest_secret, want) in [
+        (
+            "alice",
+            &b"secret"[..],
+            "+OK Mailbox locked and ready SESSIONID=<ID>\r\n+OK\r\n",
+        ),
+        (
+            "recent:alice",
+            b"secret",
+            "+OK Mailbox locked and ready SESSIONID=<ID>\r\n+OK\r\n",
+        ),
+        (
+            "alice",
+            b"wrong",
+            "-ERR [AUTH] authenticating: authentication failure\r\n+OK\r\n",
+        ),
+        (
+            "bob",
+            b"secret",
+            "-ERR [AUTH] authenticating: authentication failure\r\n+OK\r\n",
+        ),
+    ] {
+        let mut sent = false;
+        let out = converse(&env, |last| {
+            if sent {
+                return Some("QUIT".into());
+            }
+            sent = true;
+            let chal = last.split("server ready ").nth(1)?;
+            let digest = sasl::apop_digest(chal.as_bytes(), digest_secret);
+            Some(format!("APOP {name} {digest}"))
+        });
+        assert_eq!(
+            out,
+            GREETING.replace("ready \r\n", "ready <CHAL>\r\n") + want,
+            "{name}"
+        );
+    }
+    let opened = store.opened.lock().unwrap();
+    assert_eq!(opened.len(), 2);
+    assert!(!opened[0].recent && opened[1].recent && opened[1].userid == "alice");
+}
+
+#[test]
+fn cram_md5_with_its_challenge() {
+    use hmac::{Hmac, Mac};
+    let store = Arc::new(FakeStore::default());
+    let env = env_with(base_cfg(), store.clone(), true);
+    for (key, want) in [
+        (
+            &b"secret"[..],
+            "+OK Mailbox locked and ready SESSIONID=<ID>\r\n",
+        ),
+        (
+            b"wrong",
+            "-ERR [AUTH] authenticating: authentication failure\r\n",
+        ),
+    ] {
+        let mut step = 0;
+        let out = converse(&env, |last| {
+            step += 1;
+            match step {
+                1 => Some("AUTH CRAM-MD5".into()),
+                2 => {
+                    let chal = sasl::decode_response(last.strip_prefix("+ ")?.as_bytes()).ok()?;
+                    let crate::server::sasl::Response::Data(chal) = chal else {
+                        return None;
+                    };
+                    let mut mac = Hmac::<md5::Md5>::new_from_slice(key).ok()?;
+                    mac.update(&chal);
+                    let hex: String = mac
+                        .finalize()
+                        .into_bytes()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                    Some(sasl::encode_challenge(format!("alice {hex}").as_bytes()))
+                }
+                _ => None,
+            }
+        });
+        let (head, tail) = out.split_once("\r\n+ ").unwrap();
+        assert!(head.ends_with("server ready <CHAL>"), "{out}");
+        assert!(tail.ends_with(&format!("\r\n{want}")), "{out}");
+    }
+    assert_eq!(store.opened.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn plain_authzid_only_for_admins_or_oneself() {
+    let store = Arc::new(FakeStore::default());
+    let mut cfg = base_cfg();
+    cfg.admins = vec!["admin".into()];
+    let env = env_with(cfg, store.clone(), false);
+    let ok = "+OK Mailbox locked and ready SESSIONID=<ID>\r\n";
+    let bad = "-ERR [AUTH] authenticating: authentication failure\r\n";
+    for (resp, want, as_user) in [
+        // An admin acts as alice.
+        (&b"alice\0admin\0secret"[..], ok, Some(("alice", false))),
+        // Oneself under another spelling is no proxy login.
+        (b"recent:Alice\0alice\0secret", ok, Some(("alice", true))),
+        (b"alice\0Alice\0secret", ok, Some(("alice", false))),
+        // bob may not act as alice, even with the right password.
+        (b"alice\0bob\0secret", bad, None),
+        (b"admin\0alice\0secret", bad, None),
+        (b"\0admin\0wrong", bad, None),
+    ] {
+        store.opened.lock().unwrap().clear();
+        let line = format!("AUTH PLAIN {}\r\n", sasl::encode_challenge(resp));
+        let out = run_all(&env, line.as_bytes(), false);
+        assert_eq!(out, format!("{GREETING}{want}"), "{resp:?}");
+        let opened = store.opened.lock().unwrap();
+        match as_user {
+            Some((u, recent)) => {
+                assert_eq!(opened.len(), 6, "once per chunk size");
+                assert_eq!((opened[0].userid.as_str(), opened[0].recent), (u, recent));
+            }
+            None => assert!(opened.is_empty(), "{resp:?}"),
+        }
+    }
 }
