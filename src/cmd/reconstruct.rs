@@ -25,13 +25,14 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{Common, Outcome, UsageError};
-use crate::format::cache::{self, CACHE_HEADER_SIZE, CACHE_VERSION_36};
+use crate::format::cache::{CACHE_HEADER_SIZE, CACHE_VERSION_36};
 use crate::format::crc::crc32;
 use crate::format::header::{self, HeaderFormat, MailboxHeader};
 use crate::format::index::{self, IndexHeader, IndexRecord};
 use crate::spool::config::Config;
 use crate::spool::mailbox::{
-    self, Changes, DirFd, MailboxFiles, MessageFile, NewCache, Snapshot, Spill,
+    self, CacheFile, Changes, DirFd, MailboxFiles, MessageFile, NewCache, NewIndex, Prefix,
+    Snapshot, Spill,
 };
 use crate::spool::mailbox_lock::OpenMode;
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
@@ -1133,7 +1134,7 @@ impl Env<'_> {
 struct SnapshotKey {
     header: Option<Vec<u8>>,
     index: Option<Vec<u8>>,
-    cache: Option<Vec<u8>>,
+    cache: Option<CacheFile>,
     messages: Vec<MessageKey>,
     odd: Vec<PathBuf>,
 }
@@ -1452,8 +1453,8 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     // The cache: old bytes kept as a prefix when they are a cache file at all.
     let old_cache = snap
         .cache
-        .as_deref()
-        .filter(|c| cache::generation(c).is_ok() && c.len() >= CACHE_HEADER_SIZE);
+        .as_ref()
+        .filter(|c| c.generation().is_some() && c.len() >= CACHE_HEADER_SIZE as u64);
 
     let max_rec_modseq = old.records.iter().map(|r| r.modseq).max().unwrap_or(0);
     let max_rec_uid = old.records.last().map_or(0, |r| r.uid);
@@ -1540,8 +1541,8 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     let mut discovered: Vec<u32> = Vec::new();
     let mut new_cache = NewCache::new(
         match old_cache {
-            Some(c) => c.to_vec(),
-            None => ih.generation_no.to_be_bytes().to_vec(),
+            Some(c) => Prefix::Old(c.clone(), c.len()),
+            None => Prefix::Bytes(ih.generation_no.to_be_bytes().to_vec()),
         },
         parse.spill.clone(),
     );
@@ -1567,9 +1568,9 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         .collect();
     parse.prefetch(&wanted);
     drop(wanted);
-    let mut records: Vec<IndexRecord> = Vec::with_capacity(old.records.len() + files.len());
-    // Records that change get one new modseq, as one Cyrus session would give them.
-    let mut changed: Vec<usize> = Vec::new();
+    // The new records go to a spill as they are decided (see [`RecordSink`]); records that
+    // change get one new modseq at the end, as one Cyrus session would give them.
+    let mut records = RecordSink::new(from_version, &ctx.spill_dir())?;
 
     for (i, rec) in old.records.iter().enumerate() {
         let uid = rec.uid;
@@ -1586,7 +1587,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             // Done with, file or not: Cyrus unlinks the file when it marks the record
             // ("already expunged, unlinking"), cyrkit keeps it (removals only with -U/-O),
             // so a later run must not re-check it and report the same change again.
-            records.push(r);
+            records.push(&r, false)?;
             continue;
         }
         if !have {
@@ -1596,15 +1597,14 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                 format!("{name} uid {uid} not found"),
             );
             r.internal_flags |= index::FLAG_INTERNAL_EXPUNGED | index::FLAG_INTERNAL_UNLINKED;
-            changed.push(records.len());
-            records.push(r);
+            records.push(&r, true)?;
             continue;
         }
         let reparse = reparse_of.get(i).copied().unwrap_or(true);
         let mut new_entry: Option<Parsed> = None;
         if reparse {
             let Some(f) = file else {
-                records.push(r);
+                records.push(&r, false)?;
                 continue; // -s: nothing to parse
             };
             let parsed = parse
@@ -1612,6 +1612,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                 .with_context(|| format!("reading {}", f.path.display()))?;
             p.messages += 1;
             if parsed.guid != r.guid {
+                let mut changed = false;
                 p.say(
                     "guid-mismatch",
                     Some(uid),
@@ -1624,7 +1625,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                         format!("{name} uid {uid} already expunged, unlinking"),
                     );
                     r.internal_flags |= index::FLAG_INTERNAL_UNLINKED;
-                    changed.push(records.len());
+                    changed = true;
                 } else if opts.guid_rewrite {
                     p.say(
                         "uid-upgrade",
@@ -1633,7 +1634,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                     );
                     r.internal_flags |=
                         index::FLAG_INTERNAL_EXPUNGED | index::FLAG_INTERNAL_UNLINKED;
-                    changed.push(records.len());
+                    changed = true;
                     discovered.push(uid);
                 } else if opts.guid_unlink {
                     p.say(
@@ -1643,7 +1644,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                     );
                     r.internal_flags |=
                         index::FLAG_INTERNAL_EXPUNGED | index::FLAG_INTERNAL_UNLINKED;
-                    changed.push(records.len());
+                    changed = true;
                     p.files.removals.push(f.path.clone());
                 } else {
                     p.say(
@@ -1652,7 +1653,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                         "run reconstruct with -R to fix or -U to remove".into(),
                     );
                 }
-                records.push(r);
+                records.push(&r, changed)?;
                 continue;
             }
             let m = &parsed;
@@ -1742,10 +1743,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         }
         // Only what a client can see takes a new modseq; a regenerated cache entry does
         // not (Cyrus bumps it anyway, making every client refetch flags for nothing).
-        if differs {
-            changed.push(records.len());
-        }
-        records.push(r);
+        records.push(&r, differs)?;
     }
 
     // Files without a record: above last_uid they keep their UID, below they are appended.
@@ -1789,12 +1787,12 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     // New records go straight after the old ones (their UIDs are above every old UID), not
     // into a second vector copied over later: for a mailbox whose index is lost that would
     // hold every record twice.
-    let first_appended = records.len();
+    let first_appended = records.start_appending();
     let mut add = |uid: u32,
                    new_uid: u32,
                    p: &mut Plan,
                    new_cache: &mut NewCache,
-                   records: &mut Vec<IndexRecord>|
+                   records: &mut RecordSink|
      -> anyhow::Result<bool> {
         let Some(f) = files.get(&uid) else {
             return Ok(false);
@@ -1817,21 +1815,24 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         new_cache.push(parsed.entry_off, parsed.entry_len);
         let (sentdate, gmtime) =
             crate::mime::date::record_dates(m.sentdate, m.gmtime, internaldate);
-        records.push(IndexRecord {
-            uid: new_uid,
-            internaldate,
-            sentdate,
-            size: m.size,
-            header_size: m.header_size,
-            gmtime,
-            cache_offset: off,
-            last_updated: ctx.now,
-            savedate: ctx.now,
-            cache_version: CACHE_VERSION_36,
-            guid: m.guid,
-            cache_crc: parsed.entry_crc,
-            ..IndexRecord::default()
-        });
+        records.push(
+            &IndexRecord {
+                uid: new_uid,
+                internaldate,
+                sentdate,
+                size: m.size,
+                header_size: m.header_size,
+                gmtime,
+                cache_offset: off,
+                last_updated: ctx.now,
+                savedate: ctx.now,
+                cache_version: CACHE_VERSION_36,
+                guid: m.guid,
+                cache_crc: parsed.entry_crc,
+                ..IndexRecord::default()
+            },
+            false,
+        )?;
         Ok(true)
     };
     for uid in found {
@@ -1859,26 +1860,15 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         }
     }
     let any_appended = records.len() > first_appended;
-    if !changed.is_empty() || any_appended {
-        let new_modseq = highest.saturating_add(1);
-        for &i in &changed {
-            if let Some(r) = records.get_mut(i) {
-                r.modseq = new_modseq;
-                r.last_updated = ctx.now;
-            }
-        }
-        for r in records.iter_mut().skip(first_appended) {
-            r.modseq = new_modseq;
-            r.createdmodseq = new_modseq;
-        }
-        highest = new_modseq;
-    }
-    // Already in UID order (found UIDs are above last_uid and ascending, rediscovered ones
-    // take new UIDs above them); UIDs are unique, so an unstable sort is the same and needs
-    // no scratch buffer of half the records.
-    records.sort_unstable_by_key(|r| r.uid);
+    let new_modseq = if records.any_changed() || any_appended {
+        highest = highest.saturating_add(1);
+        Some(highest)
+    } else {
+        None
+    };
 
-    // The header: counts and CRCs from the records.
+    // The header: counts and CRCs from the records, as they are serialised (in the new
+    // version) into the spill the commit copies; compared with the old file meanwhile.
     let mut nh = ih.clone();
     nh.last_uid = last_uid;
     nh.highestmodseq = highest;
@@ -1886,9 +1876,15 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         nh.last_appenddate = ctx.now;
     }
     let flag_names = hdr.user_flags.clone();
-    let d = index::derive(records.iter(), version, &flag_names, None);
+    let done = records.finish(
+        new_modseq,
+        ctx.now,
+        version,
+        &flag_names,
+        snap.index.as_deref(),
+    )?;
     let mut derived = nh.clone();
-    derived.apply_derived(&d, version);
+    derived.apply_derived(&done.derived, version);
     if trusted && version >= 13 && snap_annotations_nonempty(ctx) {
         // Per-message annotations cannot be summed here: keep the stored annotation CRC.
         derived.sync_crc_annot = ih.sync_crc_annot;
@@ -1897,14 +1893,9 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         report_counts(&mut p, name, &ih, &derived);
     }
     nh = derived;
-    nh.first_expunged = records
-        .iter()
-        .filter(|r| r.is_expunged() && !r.is_unlinked())
-        .map(|r| r.last_updated)
-        .min()
-        .unwrap_or(0);
+    nh.first_expunged = done.first_expunged;
 
-    // Serialise: header file (new or as it was), then the index with its CRC.
+    // Serialise: header file (new or as it was), then the index header with its CRC.
     let header_bytes = match (&old_header, &snap.header) {
         (Some(h), Some(b)) if *h == hdr => b.clone(),
         _ => hdr.write().context("writing cyrus.header")?,
@@ -1913,26 +1904,21 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         p.files.header = Some(header_bytes.clone());
     }
     nh.header_file_crc = header::header_file_crc(&header_bytes);
-    let (nh, records) = if version != from_version {
+    let nh = if version != from_version {
         p.say(
             "version",
             None,
             format!("Converted {} version {from_version} to {version}", ctx.ext),
         );
-        let h = index::convert_header(
+        index::convert_header(
             &IndexHeader {
                 minor_version: from_version,
                 ..nh
             },
             version,
-        )?;
-        let rs = records
-            .iter()
-            .map(|r| index::convert_record(r, from_version, version))
-            .collect::<Result<Vec<_>, _>>()?;
-        (h, rs)
+        )?
     } else {
-        (nh, records)
+        nh
     };
     p.quotaroot = hdr.quotaroot.clone();
     p.new_usage = mailbox_usage(&nh);
@@ -1944,11 +1930,20 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             d.exists == oh.exists && d.quota_mailbox_used == oh.quota_mailbox_used
         })
         .map(mailbox_usage);
-    let mut index_bytes = index::write_index(&nh, &records, version)?;
-    // It grew by doubling; the plan may be kept while the mailbox is re-read under the lock.
-    index_bytes.shrink_to_fit();
-    if snap.index.as_deref() != Some(&index_bytes[..]) {
-        p.files.index = Some(index_bytes);
+    let header_bytes = index::write_header(
+        &IndexHeader {
+            num_records: done.count,
+            ..nh
+        },
+        version,
+    )?;
+    let same = snap.index.as_deref().is_some_and(|old| {
+        done.records_match
+            && old.len() as u64 == header_bytes.len() as u64 + done.len
+            && old.get(..header_bytes.len()) == Some(&header_bytes[..])
+    });
+    if !same {
+        p.files.index = Some(NewIndex::streamed(header_bytes, done.spill, done.len));
     }
     if new_cache.len() != old_cache_len || (old_cache.is_none() && snap.cache.is_some()) {
         p.files.cache = Some(new_cache);
@@ -1956,9 +1951,343 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     Ok(p)
 }
 
+impl PlanCtx<'_> {
+    /// Where a plan's spill files go: next to `cyrus.cache` (same file system as the files
+    /// they are copied into), or the temporary directory for a dry run.
+    fn spill_dir(&self) -> PathBuf {
+        if self.opts.make_changes {
+            self.files
+                .cache
+                .parent()
+                .unwrap_or(&self.files.data_dir)
+                .to_path_buf()
+        } else {
+            std::env::temp_dir()
+        }
+    }
+}
+
+/// Size of an [`IndexRecord`] packed by [`pack_record`].
+const PACKED_RECORD: usize = 156;
+
+/// Every field of a record, little-endian, in declaration order (a private format: any
+/// version's fields survive, unlike a serialisation as one index version).
+fn pack_record(r: &IndexRecord, out: &mut Vec<u8>) {
+    let start = out.len();
+    for v in [
+        r.internaldate,
+        r.sentdate,
+        r.size,
+        r.gmtime,
+        r.cache_offset,
+        r.last_updated,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [r.savedate, r.modseq, r.cid, r.createdmodseq, r.basecid] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [
+        r.uid,
+        r.header_size,
+        r.system_flags,
+        r.internal_flags,
+        r.user_flags[0],
+        r.user_flags[1],
+        r.user_flags[2],
+        r.user_flags[3],
+        r.content_lines,
+        r.cache_crc,
+        r.record_crc,
+    ] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&r.cache_version.to_le_bytes());
+    out.extend_from_slice(&r.guid);
+    out.extend_from_slice(&[0u8; 2]);
+    debug_assert_eq!(out.len() - start, PACKED_RECORD);
+}
+
+/// The record [`pack_record`] packed into `b` (`None` if `b` is too short).
+fn unpack_record(b: &[u8]) -> Option<IndexRecord> {
+    let u64_at = |i: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            b.get(i * 8..i * 8 + 8)?.try_into().ok()?,
+        ))
+    };
+    let u32_at = |i: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            b.get(88 + i * 4..92 + i * 4)?.try_into().ok()?,
+        ))
+    };
+    Some(IndexRecord {
+        internaldate: u64_at(0)?,
+        sentdate: u64_at(1)?,
+        size: u64_at(2)?,
+        gmtime: u64_at(3)?,
+        cache_offset: u64_at(4)?,
+        last_updated: u64_at(5)?,
+        savedate: u64_at(6)?,
+        modseq: u64_at(7)?,
+        cid: u64_at(8)?,
+        createdmodseq: u64_at(9)?,
+        basecid: u64_at(10)?,
+        uid: u32_at(0)?,
+        header_size: u32_at(1)?,
+        system_flags: u32_at(2)?,
+        internal_flags: u32_at(3)?,
+        user_flags: [u32_at(4)?, u32_at(5)?, u32_at(6)?, u32_at(7)?],
+        content_lines: u32_at(8)?,
+        cache_crc: u32_at(9)?,
+        record_crc: u32_at(10)?,
+        cache_version: u16::from_le_bytes(b.get(132..134)?.try_into().ok()?),
+        guid: b.get(134..154)?.try_into().ok()?,
+    })
+}
+
+/// Bytes of records a [`RecordSink`] gathers before it writes them to its spill.
+const SINK_BATCH: usize = 256 * 1024;
+
+/// The records of the new index as the plan decides them, in order, packed into a spill file
+/// instead of held (a 1M-message mailbox's records are ~160 MB as `IndexRecord`s). Which of
+/// them changed and which were appended is a bit each: their new modseq is only known after
+/// the last record ([`RecordSink::finish`] sets it).
+struct RecordSink {
+    spill: Spill,
+    dir: PathBuf,
+    from: u32,
+    buf: Vec<u8>,
+    count: u64,
+    /// Bit `i`: record `i` changed (takes the new modseq and `last_updated`).
+    changed: Vec<u64>,
+    any_changed: bool,
+    /// Bit `i`: record `i` was appended (takes the new modseq as createdmodseq too).
+    appended: Vec<u64>,
+    appending: bool,
+    last_uid: u32,
+    in_order: bool,
+}
+
+fn set_bit(bits: &mut Vec<u64>, i: u64) {
+    let w = usize::try_from(i / 64).unwrap_or(usize::MAX);
+    if bits.len() <= w {
+        bits.resize(w.saturating_add(1), 0);
+    }
+    if let Some(word) = bits.get_mut(w) {
+        *word |= 1 << (i % 64);
+    }
+}
+
+fn get_bit(bits: &[u64], i: u64) -> bool {
+    let w = usize::try_from(i / 64).unwrap_or(usize::MAX);
+    bits.get(w).is_some_and(|word| word & (1 << (i % 64)) != 0)
+}
+
+/// What [`RecordSink::finish`] made: the new records as the new version serialises them, in
+/// a spill from offset 0, and what the header needs of them.
+struct SinkDone {
+    spill: Arc<Spill>,
+    len: u64,
+    count: u32,
+    derived: index::Derived,
+    first_expunged: u64,
+    /// Every record is byte-identical to the old index's record at the same place.
+    records_match: bool,
+}
+
+impl RecordSink {
+    fn new(from: u32, dir: &std::path::Path) -> anyhow::Result<RecordSink> {
+        Ok(RecordSink {
+            spill: Spill::near(dir),
+            dir: dir.to_path_buf(),
+            from,
+            buf: Vec::new(),
+            count: 0,
+            changed: Vec::new(),
+            any_changed: false,
+            appended: Vec::new(),
+            appending: false,
+            last_uid: 0,
+            in_order: true,
+        })
+    }
+
+    fn len(&self) -> u64 {
+        self.count
+    }
+
+    fn any_changed(&self) -> bool {
+        self.any_changed
+    }
+
+    /// Marks the records pushed from now on as appended; returns the count so far.
+    fn start_appending(&mut self) -> u64 {
+        self.appending = true;
+        self.count
+    }
+
+    fn push(&mut self, r: &IndexRecord, changed: bool) -> anyhow::Result<()> {
+        let appended = self.appending;
+        self.push_marked(r, changed, appended)
+    }
+
+    fn push_marked(
+        &mut self,
+        r: &IndexRecord,
+        changed: bool,
+        appended: bool,
+    ) -> anyhow::Result<()> {
+        if changed {
+            set_bit(&mut self.changed, self.count);
+            self.any_changed = true;
+        }
+        if appended {
+            set_bit(&mut self.appended, self.count);
+        }
+        if self.count > 0 && r.uid <= self.last_uid {
+            self.in_order = false;
+        }
+        self.last_uid = r.uid;
+        pack_record(r, &mut self.buf);
+        self.count += 1;
+        if self.buf.len() >= SINK_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> anyhow::Result<()> {
+        if !self.buf.is_empty() {
+            self.spill
+                .append(&self.buf)
+                .context("writing index records to a spill file")?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with each record in order, whether it changed and whether it was appended.
+    fn each(
+        &self,
+        mut f: impl FnMut(IndexRecord, bool, bool) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let per = SINK_BATCH / PACKED_RECORD;
+        let mut chunk = vec![0u8; per * PACKED_RECORD];
+        let mut i = 0u64;
+        while i < self.count {
+            let n = usize::try_from((self.count - i).min(per as u64)).unwrap_or(per);
+            let bytes = chunk.get_mut(..n * PACKED_RECORD).unwrap_or_default();
+            self.spill
+                .read_at(bytes, i * PACKED_RECORD as u64)
+                .context("reading index records back from a spill file")?;
+            for b in bytes.chunks_exact(PACKED_RECORD) {
+                let r = unpack_record(b)
+                    .ok_or_else(|| anyhow::anyhow!("short record in a spill file"))?;
+                f(r, get_bit(&self.changed, i), get_bit(&self.appended, i))?;
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The records sorted by UID (only when they were pushed out of order, which takes a
+    /// damaged index: an unlinked record above the header's `last_uid` with a file below it).
+    fn sorted(mut self) -> anyhow::Result<RecordSink> {
+        self.flush()?;
+        let mut all: Vec<(IndexRecord, bool, bool)> = Vec::with_capacity(0);
+        self.each(|r, c, a| {
+            all.push((r, c, a));
+            Ok(())
+        })?;
+        all.sort_by_key(|x| x.0.uid);
+        let mut out = RecordSink::new(self.from, &self.dir)?;
+        for (r, c, a) in all {
+            out.push_marked(&r, c, a)?;
+        }
+        Ok(out)
+    }
+
+    /// Gives the changed and appended records the new modseq (when there is one: any change),
+    /// and serialises every record as `version` into a new spill, deriving the header's
+    /// values and comparing with the old index meanwhile.
+    fn finish<N: AsRef<[u8]>>(
+        mut self,
+        new_modseq: Option<u64>,
+        now: u64,
+        version: u32,
+        flag_names: &[Option<N>],
+        old: Option<&[u8]>,
+    ) -> anyhow::Result<SinkDone> {
+        self.flush()?;
+        if !self.in_order {
+            self = self.sorted()?;
+            self.flush()?;
+        }
+        let from = self.from;
+        let hsize = index::header_size(version).unwrap_or(0);
+        let rsize = index::record_size(version).unwrap_or(0);
+        let out = Spill::near(&self.dir);
+        let mut derived = index::Derived::start();
+        let mut first_expunged: Option<u64> = None;
+        let mut records_match = old.is_some();
+        let mut buf: Vec<u8> = Vec::with_capacity(SINK_BATCH + rsize);
+        let mut written = 0u64;
+        let mut i = 0usize;
+        self.each(|mut r, changed, appended| {
+            if let Some(m) = new_modseq {
+                if changed {
+                    r.modseq = m;
+                    r.last_updated = now;
+                }
+                if appended {
+                    r.modseq = m;
+                    r.createdmodseq = m;
+                }
+            }
+            derived.add(&r, version, flag_names, None);
+            if r.is_expunged() && !r.is_unlinked() {
+                first_expunged =
+                    Some(first_expunged.map_or(r.last_updated, |f| f.min(r.last_updated)));
+            }
+            let bytes = if version != from {
+                index::write_record(&index::convert_record(&r, from, version)?, version)?
+            } else {
+                index::write_record(&r, version)?
+            };
+            if records_match {
+                let at = hsize.saturating_add(i.saturating_mul(rsize));
+                records_match =
+                    old.and_then(|o| o.get(at..at.saturating_add(bytes.len()))) == Some(&bytes[..]);
+            }
+            i += 1;
+            buf.extend_from_slice(&bytes);
+            if buf.len() >= SINK_BATCH {
+                out.append(&buf)
+                    .context("writing the new index to a spill file")?;
+                written += buf.len() as u64;
+                buf.clear();
+            }
+            Ok(())
+        })?;
+        out.append(&buf)
+            .context("writing the new index to a spill file")?;
+        written += buf.len() as u64;
+        Ok(SinkDone {
+            spill: Arc::new(out),
+            len: written,
+            count: u32::try_from(self.count).map_err(|_| index::IndexError::TooManyRecords {
+                count: usize::try_from(self.count).unwrap_or(usize::MAX),
+            })?,
+            derived,
+            first_expunged: first_expunged.unwrap_or(0),
+            records_match,
+        })
+    }
+}
+
 /// Whether a record's cache entry in the old cache is intact.
-fn cache_entry_ok(old_cache: Option<&[u8]>, r: &IndexRecord) -> bool {
-    old_cache.is_some_and(|c| cache::check_record_entry(c, r.cache_offset, r.cache_crc).is_ok())
+fn cache_entry_ok(old_cache: Option<&CacheFile>, r: &IndexRecord) -> bool {
+    old_cache.is_some_and(|c| c.entry_ok(r.cache_offset, r.cache_crc))
 }
 
 /// Whether the record's message file must be parsed again: `-G`, its size changed, its cache
@@ -1967,7 +2296,7 @@ fn needs_reparse(
     opts: &Opts,
     r: &IndexRecord,
     file: Option<&MessageFile>,
-    old_cache: Option<&[u8]>,
+    old_cache: Option<&CacheFile>,
 ) -> bool {
     let size_differs = opts.do_stat && file.is_some_and(|f| f.size != r.size);
     opts.always_parse || size_differs || r.internaldate == 0 || !cache_entry_ok(old_cache, r)
@@ -1990,7 +2319,7 @@ fn fresh_header(
     old: &OldIndex,
     max_rec_modseq: u64,
     max_rec_uid: u32,
-    old_cache: Option<&[u8]>,
+    old_cache: Option<&CacheFile>,
 ) -> IndexHeader {
     let entry = &ctx.m.entry;
     let raw = old.raw.as_ref();
@@ -2005,9 +2334,7 @@ fn fresh_header(
         raw.map_or(0, |h| h.uidvalidity)
     };
     IndexHeader {
-        generation_no: old_cache
-            .and_then(|c| cache::generation(c).ok())
-            .unwrap_or(0),
+        generation_no: old_cache.and_then(CacheFile::generation).unwrap_or(0),
         minor_version: old.version.unwrap_or(index::DEFAULT_VERSION),
         last_uid: max_rec_uid,
         uidvalidity,
@@ -2154,6 +2481,75 @@ mod tests {
             .unwrap();
         assert_eq!(q.get(crate::format::quota::Resource::Storage).used, 1000);
         assert_eq!(q.get(crate::format::quota::Resource::Message).used, 100);
+    }
+
+    #[test]
+    fn packed_records_keep_every_field() {
+        let r = IndexRecord {
+            uid: 1,
+            internaldate: 2,
+            sentdate: 3,
+            size: 4,
+            header_size: 5,
+            gmtime: 6,
+            cache_offset: 7,
+            last_updated: 8,
+            system_flags: 9,
+            internal_flags: 10,
+            user_flags: [11, 12, 13, 14],
+            content_lines: 15,
+            savedate: 16,
+            cache_version: 17,
+            guid: [18; 20],
+            modseq: 19,
+            cid: 20,
+            createdmodseq: 21,
+            basecid: 22,
+            cache_crc: 23,
+            record_crc: 24,
+        };
+        let mut b = Vec::new();
+        pack_record(&r, &mut b);
+        assert_eq!(b.len(), PACKED_RECORD);
+        assert_eq!(unpack_record(&b), Some(r));
+        assert_eq!(unpack_record(&b[..PACKED_RECORD - 3]), None);
+    }
+
+    #[test]
+    fn record_sink_sorts_and_marks_like_the_vector_it_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let rec = |uid: u32| IndexRecord {
+            uid,
+            modseq: 3,
+            ..Default::default()
+        };
+        let mut sink = RecordSink::new(17, d.path()).unwrap();
+        sink.push(&rec(1), false).unwrap();
+        sink.push(&rec(9), true).unwrap();
+        sink.start_appending();
+        sink.push(&rec(5), false).unwrap();
+        assert!(sink.any_changed());
+        let done = sink
+            .finish(Some(7), 100, 17, &[] as &[Option<Vec<u8>>], None)
+            .unwrap();
+        assert_eq!(done.count, 3);
+        let rsize = index::record_size(17).unwrap();
+        let mut bytes = vec![0u8; done.len as usize];
+        done.spill.read_at(&mut bytes, 0).unwrap();
+        let got: Vec<IndexRecord> = bytes
+            .chunks(rsize)
+            .map(|b| index::parse_record(b, 17).unwrap())
+            .collect();
+        let summary: Vec<_> = got
+            .iter()
+            .map(|r| (r.uid, r.modseq, r.createdmodseq, r.last_updated))
+            .collect();
+        assert_eq!(summary, vec![(1, 3, 0, 0), (5, 7, 7, 0), (9, 7, 0, 100)]);
+        assert_eq!(
+            done.derived,
+            index::derive(got.iter(), 17, &[] as &[Option<Vec<u8>>], None)
+        );
+        assert!(!done.records_match);
     }
 
     #[test]

@@ -1263,6 +1263,8 @@ pub fn write_index(
     let mut h = header.clone();
     h.num_records = num_records;
     let mut out = write_header(&h, version)?;
+    let (_, rsize) = layout(version)?;
+    out.reserve_exact(records.len().saturating_mul(rsize));
     for r in records {
         out.extend_from_slice(&write_record(r, version)?);
     }
@@ -1527,18 +1529,39 @@ pub fn derive<'r, N: AsRef<[u8]>>(
     flag_names: &[Option<N>],
     annot_crcs: Option<&BTreeMap<u32, u32>>,
 ) -> Derived {
-    let mut d = Derived {
-        sync_crc_annot: CRC_INIT_ANNOT,
-        ..Derived::default()
-    };
+    let mut d = Derived::start();
     for r in records {
+        d.add(r, version, flag_names, annot_crcs);
+    }
+    d
+}
+
+impl Derived {
+    /// The values over no records; [`Derived::add`] each record in turn (what [`derive`]
+    /// does, for a caller that streams the records instead of holding them).
+    pub fn start() -> Derived {
+        Derived {
+            sync_crc_annot: CRC_INIT_ANNOT,
+            ..Derived::default()
+        }
+    }
+
+    /// Adds one record (see [`derive`] for the arguments).
+    pub fn add<N: AsRef<[u8]>>(
+        &mut self,
+        r: &IndexRecord,
+        version: u32,
+        flag_names: &[Option<N>],
+        annot_crcs: Option<&BTreeMap<u32, u32>>,
+    ) {
+        let d = self;
         d.max_uid = d.max_uid.max(r.uid);
         d.max_modseq = d.max_modseq.max(r.modseq);
         if r.is_expunged() {
             if !r.is_unlinked() {
                 d.quota_expunged_used = d.quota_expunged_used.saturating_add(r.size);
             }
-            continue;
+            return;
         }
         d.exists = d.exists.saturating_add(1);
         d.quota_mailbox_used = d.quota_mailbox_used.saturating_add(r.size);
@@ -1560,7 +1583,6 @@ pub fn derive<'r, N: AsRef<[u8]>>(
             d.sync_crc_annot ^= extra;
         }
     }
-    d
 }
 
 // ---------------------------------------------------------------------------------------------

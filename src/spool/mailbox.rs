@@ -267,7 +267,9 @@ pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
 pub struct Snapshot {
     pub header: Option<Vec<u8>>,
     pub index: Option<Vec<u8>>,
-    pub cache: Option<Vec<u8>>,
+    /// `cyrus.cache` is not read whole (it is ~1.5 KB per message): it is kept open and its
+    /// entries are read as they are checked ([`CacheFile::entry_ok`]).
+    pub cache: Option<CacheFile>,
     pub listing: DirListing,
 }
 
@@ -278,10 +280,205 @@ impl Snapshot {
         Ok(Snapshot {
             header: read_optional(&files.header)?,
             index: read_optional(&files.index)?,
-            cache: read_optional(&files.cache)?,
+            cache: CacheFile::open(&files.cache)?,
             listing: list_dir(&files.data_dir)?,
         })
     }
+}
+
+/// An open `cyrus.cache` as it was when opened: its identity and length decide whether it
+/// changed (Cyrus only appends to a cache file or replaces it by rename: either changes the
+/// length, the inode or the change time; the inode cannot be reused while the file is held
+/// open here), and its entries are read through a window ([`CacheFile::entry_ok`]) instead of
+/// holding the whole file.
+#[derive(Debug, Clone)]
+pub struct CacheFile {
+    file: Arc<File>,
+    len: u64,
+    /// dev, ino, mtime (s, ns), ctime (s, ns).
+    id: (u64, u64, i64, i64, i64, i64),
+    /// The generation number, when the file is long enough to hold one.
+    generation: Option<u32>,
+    window: Arc<Mutex<Window>>,
+}
+
+/// Bytes `[start, start + buf.len())` of a file.
+#[derive(Debug, Default)]
+struct Window {
+    start: u64,
+    buf: Vec<u8>,
+}
+
+/// How much of a cache file is read at a time.
+const CACHE_WINDOW: u64 = 1 << 20;
+
+impl PartialEq for CacheFile {
+    fn eq(&self, o: &CacheFile) -> bool {
+        self.len == o.len && self.id == o.id
+    }
+}
+
+impl Eq for CacheFile {}
+
+impl CacheFile {
+    /// Opens `path`; `None` when it does not exist.
+    pub fn open(path: &Path) -> io::Result<Option<CacheFile>> {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let m = file.metadata()?;
+        let mut g = [0u8; 4];
+        let generation = match file.read_exact_at(&mut g, 0) {
+            Ok(()) => Some(u32::from_be_bytes(g)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Some(CacheFile {
+            file: Arc::new(file),
+            len: m.len(),
+            id: (
+                m.dev(),
+                m.ino(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+            ),
+            generation,
+            window: Arc::default(),
+        }))
+    }
+
+    /// Length in bytes when opened.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The generation number (`None`: shorter than 4 bytes).
+    pub fn generation(&self) -> Option<u32> {
+        self.generation
+    }
+
+    /// Whether the entry at `offset` is intact and has CRC `crc`: exactly
+    /// [`cache::check_record_entry`](crate::format::cache::check_record_entry) on the whole
+    /// file, read through a window of [`CACHE_WINDOW`] bytes (an entry longer than that
+    /// gets a window of its own size, never more than the file holds). A read error counts
+    /// as a damaged entry.
+    pub fn entry_ok(&self, offset: u64, crc: u32) -> bool {
+        use crate::format::cache::CACHE_HEADER_SIZE;
+        if offset < CACHE_HEADER_SIZE as u64 || offset >= self.len {
+            return false;
+        }
+        let Ok(mut w) = self.window.lock() else {
+            return false;
+        };
+        let rest = self.len - offset;
+        let mut want = rest.min(4096);
+        loop {
+            let Ok(bytes) = w.get(&self.file, offset, want, self.len) else {
+                return false;
+            };
+            let at_eof = bytes.len() as u64 == rest;
+            match entry_extent(bytes, at_eof) {
+                Extent::Entry(end) => {
+                    return bytes
+                        .get(..end)
+                        .is_some_and(|e| crate::format::crc::crc32(e) == crc)
+                }
+                Extent::Truncated => return false,
+                Extent::Needs(n) => {
+                    let n = (n as u64).max(want.saturating_mul(2)).min(rest);
+                    if n <= want {
+                        return false;
+                    }
+                    want = n;
+                }
+            }
+        }
+    }
+
+    /// Copies the first `len` bytes to `out` (at its position), by `copy_file_range`.
+    fn copy_prefix_to(&self, len: u64, mut out: &File) -> io::Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let mut src: &File = &self.file;
+        src.seek(SeekFrom::Start(0))?;
+        let n = io::copy(&mut src.take(len), &mut out)?;
+        if n != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("cyrus.cache holds {n} of the {len} bytes it had"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Window {
+    /// Up to `n` bytes at `off` (fewer only at the end of a file of `len` bytes).
+    fn get(&mut self, f: &File, off: u64, n: u64, len: u64) -> io::Result<&[u8]> {
+        let end = off.saturating_add(n).min(len);
+        let have = self.start.saturating_add(self.buf.len() as u64);
+        if off < self.start || end > have {
+            let size = end.max(off.saturating_add(CACHE_WINDOW).min(len)) - off;
+            let size = usize::try_from(size).map_err(|_| io::Error::other("entry too long"))?;
+            self.buf.clear();
+            self.buf.resize(size, 0);
+            f.read_exact_at(&mut self.buf, off)?;
+            self.start = off;
+        }
+        let a = usize::try_from(off - self.start).unwrap_or(usize::MAX);
+        let b = usize::try_from(end - self.start).unwrap_or(usize::MAX);
+        self.buf
+            .get(a..b)
+            .ok_or_else(|| io::Error::other("window out of range"))
+    }
+}
+
+/// Where a cache entry starting at `bytes[0]` ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Extent {
+    /// It ends at this index (its last padding may be cut by the end of the file).
+    Entry(usize),
+    /// More bytes are needed than `bytes` holds: at least this many.
+    Needs(usize),
+    /// It runs past the end of the file.
+    Truncated,
+}
+
+/// The extent of the entry at the start of `bytes` (ten items: a big-endian u32 length, the
+/// data, NUL padding to 4 bytes), as `CacheEntry::parse` frames it; `at_eof`: `bytes` reaches
+/// the end of the file.
+fn entry_extent(bytes: &[u8], at_eof: bool) -> Extent {
+    use crate::format::cache::NUM_CACHE_FIELDS;
+    let mut p: usize = 0;
+    let short = |need: usize| {
+        if at_eof {
+            Extent::Truncated
+        } else {
+            Extent::Needs(need)
+        }
+    };
+    for _ in 0..NUM_CACHE_FIELDS {
+        let Some(w) = p.checked_add(4).and_then(|e| bytes.get(p..e)) else {
+            return short(p.saturating_add(4));
+        };
+        let len = u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as usize;
+        let data_end = p.saturating_add(4).saturating_add(len);
+        if data_end > bytes.len() {
+            return short(data_end);
+        }
+        p = data_end.saturating_add(3) & !3;
+    }
+    if p > bytes.len() && !at_eof {
+        return Extent::Needs(p);
+    }
+    Extent::Entry(p.min(bytes.len()))
 }
 
 /// Takes Cyrus's locks on a mailbox (see [`mailbox_lock`]). A mailbox whose `cyrus.index`
@@ -396,6 +593,38 @@ impl Spill {
         }
     }
 
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::SeqCst)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` from offset `off` (which must lie within what was appended).
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let end = off
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.len())
+            .ok_or_else(|| io::Error::other("read outside the spill"))?;
+        match &self.store {
+            SpillStore::File(f) => f.read_exact_at(buf, off),
+            SpillStore::Memory(m) => {
+                let v = m
+                    .lock()
+                    .map_err(|_| io::Error::other("spill lock poisoned"))?;
+                let r = usize::try_from(off).ok().zip(usize::try_from(end).ok());
+                let src = r
+                    .and_then(|(a, b)| v.get(a..b))
+                    .ok_or_else(|| io::Error::other("read outside the spill"))?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }
+            SpillStore::Discard => Err(io::Error::other("a discarding spill cannot be read")),
+        }
+    }
+
     /// Copies `len` bytes at `off` to `out` (at its position). From a spill file this is
     /// `copy_file_range` (std's `io::copy` between files): the kernel copies the pages, they
     /// do not pass through a buffer here.
@@ -439,11 +668,43 @@ impl Spill {
 pub struct NewCache {
     /// The first bytes: the old file, so the old index's offsets stay valid until the new
     /// index is in place (or the generation number of a new file).
-    pub prefix: Vec<u8>,
+    pub prefix: Prefix,
     /// `(offset, length)` ranges of the spill; adjacent ranges are merged.
     ranges: Vec<(u64, u64)>,
     len: u64,
     spill: Arc<Spill>,
+}
+
+/// The start of a [`NewCache`].
+#[derive(Debug, Clone)]
+pub enum Prefix {
+    Bytes(Vec<u8>),
+    /// The first `len` bytes of an old cache file (copied from it at commit, under the
+    /// lock that keeps it as it was).
+    Old(CacheFile, u64),
+}
+
+impl Prefix {
+    pub fn len(&self) -> u64 {
+        match self {
+            Prefix::Bytes(b) => b.len() as u64,
+            Prefix::Old(_, n) => *n,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl PartialEq for Prefix {
+    fn eq(&self, o: &Prefix) -> bool {
+        match (self, o) {
+            (Prefix::Bytes(a), Prefix::Bytes(b)) => a == b,
+            (Prefix::Old(a, n), Prefix::Old(b, m)) => Arc::ptr_eq(&a.file, &b.file) && n == m,
+            _ => false,
+        }
+    }
 }
 
 impl PartialEq for NewCache {
@@ -455,9 +716,9 @@ impl PartialEq for NewCache {
 impl Eq for NewCache {}
 
 impl NewCache {
-    pub fn new(prefix: Vec<u8>, spill: Arc<Spill>) -> NewCache {
+    pub fn new(prefix: Prefix, spill: Arc<Spill>) -> NewCache {
         NewCache {
-            len: prefix.len() as u64,
+            len: prefix.len(),
             prefix,
             ranges: Vec::new(),
             spill,
@@ -484,9 +745,60 @@ impl NewCache {
 
     /// Writes the whole file to `out`, from its position.
     pub fn write_to(&self, mut out: &File) -> io::Result<()> {
-        out.write_all(&self.prefix)?;
+        match &self.prefix {
+            Prefix::Bytes(b) => out.write_all(b)?,
+            Prefix::Old(c, n) => c.copy_prefix_to(*n, out)?,
+        }
         for &(off, len) in &self.ranges {
             self.spill.copy_to(off, len, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// A new `cyrus.index`: its header, then `len` bytes of records held in a [`Spill`] from
+/// offset 0 (a big mailbox's records are not held in memory).
+#[derive(Debug, Clone)]
+pub struct NewIndex {
+    pub header: Vec<u8>,
+    records: Option<(Arc<Spill>, u64)>,
+}
+
+impl PartialEq for NewIndex {
+    fn eq(&self, o: &NewIndex) -> bool {
+        self.header == o.header
+            && match (&self.records, &o.records) {
+                (None, None) => true,
+                (Some((a, n)), Some((b, m))) => Arc::ptr_eq(a, b) && n == m,
+                _ => false,
+            }
+    }
+}
+
+impl Eq for NewIndex {}
+
+impl NewIndex {
+    /// A file held whole in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> NewIndex {
+        NewIndex {
+            header: bytes,
+            records: None,
+        }
+    }
+
+    /// `header`, then the first `len` bytes of `records`.
+    pub fn streamed(header: Vec<u8>, records: Arc<Spill>, len: u64) -> NewIndex {
+        NewIndex {
+            header,
+            records: Some((records, len)),
+        }
+    }
+
+    /// Writes the whole file to `out`, from its position.
+    pub fn write_to(&self, mut out: &File) -> io::Result<()> {
+        out.write_all(&self.header)?;
+        if let Some((spill, len)) = &self.records {
+            spill.copy_to(0, *len, out)?;
         }
         Ok(())
     }
@@ -501,7 +813,7 @@ pub struct Changes {
     /// index's offsets stay valid until the new index is in place.
     pub cache: Option<NewCache>,
     pub header: Option<Vec<u8>>,
-    pub index: Option<Vec<u8>>,
+    pub index: Option<NewIndex>,
     /// Files to delete after the new index is in place (odd files with -O, message files
     /// with -U, and extra names of a message that another name keeps).
     pub removals: Vec<PathBuf>,
@@ -571,10 +883,15 @@ pub fn commit(files: &MailboxFiles, changes: &Changes) -> Result<(), CommitError
         if let Some(dir) = files.cache.parent() {
             std::fs::create_dir_all(dir).map_err(cerr(dir, "cannot create directory"))?;
         }
-        replace_streamed(&files.cache, c)?;
+        replace_streamed(&files.cache, |f| c.write_to(f))?;
     }
     write(&files.header, &changes.header)?;
-    write(&files.index, &changes.index)?;
+    if let Some(ix) = &changes.index {
+        if let Some(dir) = files.index.parent() {
+            std::fs::create_dir_all(dir).map_err(cerr(dir, "cannot create directory"))?;
+        }
+        replace_streamed(&files.index, |f| ix.write_to(f))?;
+    }
     for p in &changes.removals {
         match std::fs::remove_file(p) {
             Ok(()) => crash_point("remove"),
@@ -585,10 +902,13 @@ pub fn commit(files: &MailboxFiles, changes: &Changes) -> Result<(), CommitError
     Ok(())
 }
 
-/// [`atomic::replace`] for a file streamed from a [`NewCache`]: the same steps (`NAME.NEW`
-/// with the old file's owner and mode, write, fsync, rename, fsync the directory) and the same
-/// crash points, without the whole file in memory.
-fn replace_streamed(path: &Path, cache: &NewCache) -> Result<(), CommitError> {
+/// [`atomic::replace`] for a file streamed by `write` (a [`NewCache`], a [`NewIndex`]): the
+/// same steps (`NAME.NEW` with the old file's owner and mode, write, fsync, rename, fsync the
+/// directory) and the same crash points, without the whole file in memory.
+fn replace_streamed(
+    path: &Path,
+    write: impl FnOnce(&File) -> io::Result<()>,
+) -> Result<(), CommitError> {
     let own = atomic::Ownership::for_path(path).map_err(cerr(path, "cannot stat"))?;
     let tmp = atomic::new_path(path);
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -610,7 +930,7 @@ fn replace_streamed(path: &Path, cache: &NewCache) -> Result<(), CommitError> {
             )
             .map_err(|e| cerr(&tmp, "cannot set owner/mode")(io::Error::from(e)))?;
         }
-        cache.write_to(&f).map_err(cerr(&tmp, "cannot write"))?;
+        write(&f).map_err(cerr(&tmp, "cannot write"))?;
         crash_point("write");
         f.sync_all().map_err(cerr(&tmp, "cannot fsync"))?;
         crash_point("fsync");
@@ -673,7 +993,7 @@ mod tests {
             let b = spill.append(b"BBBBBBBB").unwrap();
             let c = spill.append(b"CC").unwrap();
             assert_eq!((a, b, c), (0, 4, 12));
-            let mut nc = NewCache::new(b"old!".to_vec(), spill.clone());
+            let mut nc = NewCache::new(Prefix::Bytes(b"old!".to_vec()), spill.clone());
             nc.push(b, 8);
             nc.push(c, 2); // adjacent to b: merged
             nc.push(a, 4);
@@ -691,11 +1011,58 @@ mod tests {
     }
 
     #[test]
+    fn cache_file_entry_check_agrees_with_the_whole_file_check() {
+        use crate::format::cache::{check_record_entry, write_entry};
+        let d = tempfile::tempdir().unwrap();
+        let big = vec![b'x'; 3 * CACHE_WINDOW as usize];
+        let mut file = 7u32.to_be_bytes().to_vec();
+        let mut entries = Vec::new();
+        for (i, item) in [&b"a"[..], b"hello", &big, b"", b"tail!"]
+            .iter()
+            .enumerate()
+        {
+            let mut items: [&[u8]; 10] = [b"abc"; 10];
+            items[i % 10] = item;
+            let e = write_entry(&items).unwrap();
+            entries.push((file.len() as u64, crate::format::crc::crc32(&e)));
+            file.extend_from_slice(&e);
+        }
+        // The last entry without its final padding, then a truncated one.
+        file.truncate(file.len() - 3);
+        let cut = file.len() as u64;
+        file.extend_from_slice(&[0, 0, 0, 9, b'z']);
+        let path = d.path().join("cyrus.cache");
+        std::fs::write(&path, &file).unwrap();
+        let c = CacheFile::open(&path).unwrap().unwrap();
+        assert_eq!(c.generation(), Some(7));
+        let mut offsets: Vec<u64> = (0..file.len() as u64 + 2).step_by(997).collect();
+        offsets.extend((0..12).chain(entries.iter().flat_map(|e| e.0 - 4..e.0 + 9)));
+        offsets.push(cut);
+        // The last entry lost its padding and is followed by other bytes: not intact.
+        for &(off, crc) in entries.iter().take(entries.len() - 1) {
+            assert!(c.entry_ok(off, crc), "entry at {off}");
+        }
+        for off in offsets {
+            for crc in entries.iter().map(|e| e.1).chain([0, 1]) {
+                assert_eq!(
+                    c.entry_ok(off, crc),
+                    check_record_entry(&file, off, crc).is_ok(),
+                    "offset {off} crc {crc:x}"
+                );
+            }
+        }
+        let short = d.path().join("short");
+        std::fs::write(&short, b"ab").unwrap();
+        assert_eq!(CacheFile::open(&short).unwrap().unwrap().generation(), None);
+        assert!(CacheFile::open(&d.path().join("none")).unwrap().is_none());
+    }
+
+    #[test]
     fn dry_run_spill_counts_but_cannot_be_committed() {
         let spill = Arc::new(Spill::discard());
         assert_eq!(spill.append(b"xyz").unwrap(), 0);
         assert_eq!(spill.append(b"w").unwrap(), 3);
-        let mut nc = NewCache::new(Vec::new(), spill);
+        let mut nc = NewCache::new(Prefix::Bytes(Vec::new()), spill);
         nc.push(0, 4);
         assert!(nc.write_to(&tempfile::tempfile().unwrap()).is_err());
     }
@@ -715,7 +1082,8 @@ mod tests {
         std::fs::write(&files.cache, b"OLDCACHE").unwrap();
         let spill = Arc::new(Spill::near(d.path()));
         let off = spill.append(b"entry").unwrap();
-        let mut nc = NewCache::new(b"OLDCACHE".to_vec(), spill);
+        let old = CacheFile::open(&files.cache).unwrap().unwrap();
+        let mut nc = NewCache::new(Prefix::Old(old, 8), spill);
         nc.push(off, 5);
         let ch = Changes {
             cache: Some(nc),
@@ -736,7 +1104,7 @@ mod tests {
         std::fs::hard_link(files.message(3), files.message(9)).unwrap();
         let ch = Changes {
             renames: vec![(files.message(3), files.message(9))],
-            index: Some(b"idx".to_vec()),
+            index: Some(NewIndex::from_bytes(b"idx".to_vec())),
             ..Changes::default()
         };
         commit(&files, &ch).unwrap();
