@@ -1057,8 +1057,22 @@ fn put(buf: &mut Vec<u8>, off: u64, bytes: &[u8]) {
 /// recovery first otherwise, which is not done here). Levels of new records come from
 /// `rng`. Returns `None` when nothing changes (only deletes of missing keys): Cyrus
 /// does not dirty the file then.
+///
+/// `existing` is only read (typically a mapping of the locked file): the transaction's
+/// own appends and head rewrites are kept in an [`Overlay`], so the cost is that of the
+/// records touched, not of the file's size.
 pub fn append_transaction(
     existing: &[u8],
+    ops: &[Op<'_>],
+    order: KeyOrder,
+    rng: &mut LevelRng,
+) -> Result<Option<Transaction>, DbError> {
+    plan_transaction(existing, Overlay::new(existing), ops, order, rng)
+}
+
+fn plan_transaction<S: TxnStore>(
+    existing: &[u8],
+    store: S,
     ops: &[Op<'_>],
     order: KeyOrder,
     rng: &mut LevelRng,
@@ -1077,7 +1091,7 @@ pub fn append_transaction(
         });
     }
     let mut txn = Txn {
-        w: existing.to_vec(),
+        w: store,
         header: db.header,
         order,
         writes: Vec::new(),
@@ -1112,7 +1126,7 @@ pub fn append_transaction(
     .to_bytes();
     // mycommit: COMMIT points at where this transaction started.
     txn.append(COMMIT, 0, b"", b"", &[db.header.current_size]);
-    let new_len = txn.w.len() as u64;
+    let new_len = txn.end();
     let commit = Header {
         current_size: new_len,
         flags: db.header.flags & !DIRTY,
@@ -1127,6 +1141,103 @@ pub fn append_transaction(
     }))
 }
 
+/// The file as an open transaction sees it: committed bytes plus its own writes.
+trait TxnStore {
+    /// Length including this transaction's appends (Cyrus's `db->end`).
+    fn len(&self) -> u64;
+    /// The record at `offset` as currently written (structure only, no CRC check).
+    fn record(&self, offset: u64) -> Result<Record<'_>, DbError>;
+    /// Append at the end.
+    fn append(&mut self, bytes: &[u8]);
+    /// Rewrite the head (type … CRCs) of the record at `offset`, same length.
+    fn rewrite_head(&mut self, offset: u64, head: &[u8]);
+}
+
+/// A private copy of the whole file (what the planner did before [`Overlay`]; kept as
+/// the reference the overlay is tested against).
+impl TxnStore for Vec<u8> {
+    fn len(&self) -> u64 {
+        self.as_slice().len() as u64
+    }
+    fn record(&self, offset: u64) -> Result<Record<'_>, DbError> {
+        parse_record(self, offset, TxnStore::len(self))
+    }
+    fn append(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn rewrite_head(&mut self, offset: u64, head: &[u8]) {
+        put(self, offset, head);
+    }
+}
+
+/// The committed file, read in place, under the transaction's appended tail and its
+/// rewritten heads of committed records (by offset; only the pointer slots and the head
+/// CRC of those differ from the file).
+struct Overlay<'a> {
+    base: &'a [u8],
+    tail: Vec<u8>,
+    heads: std::collections::HashMap<u64, Vec<u8>>,
+}
+
+impl<'a> Overlay<'a> {
+    fn new(base: &'a [u8]) -> Self {
+        Overlay {
+            base,
+            tail: Vec::new(),
+            heads: std::collections::HashMap::new(),
+        }
+    }
+
+    fn base_len(&self) -> u64 {
+        self.base.len() as u64
+    }
+}
+
+impl TxnStore for Overlay<'_> {
+    fn len(&self) -> u64 {
+        self.base_len() + self.tail.len() as u64
+    }
+
+    fn record(&self, offset: u64) -> Result<Record<'_>, DbError> {
+        let base_len = self.base_len();
+        if let Some(rel) = offset.checked_sub(base_len) {
+            // Our own append: well-formed by construction; only its offset is shifted.
+            let mut rec = parse_record(&self.tail, rel, self.tail.len() as u64)?;
+            rec.offset = offset;
+            return Ok(rec);
+        }
+        // A committed record ends at or before the committed end (the file is clean).
+        let mut rec = parse_record(self.base, offset, base_len)?;
+        if let Some(head) = self.heads.get(&offset) {
+            let at = 8 + if rec.long_keylen { 8 } else { 0 } + if rec.long_vallen { 8 } else { 0 };
+            for (i, slot) in rec
+                .nextloc
+                .iter_mut()
+                .take(usize::from(rec.level) + 1)
+                .enumerate()
+            {
+                *slot = be_u64(head, (at + 8 * i) as u64).unwrap_or(0);
+            }
+            let crc_at = at + 8 * (usize::from(rec.level) + 1);
+            rec.crc32_head = be_u32(head, crc_at as u64).unwrap_or(0);
+        }
+        Ok(rec)
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+    }
+
+    fn rewrite_head(&mut self, offset: u64, head: &[u8]) {
+        match offset.checked_sub(self.base_len()) {
+            Some(rel) => put(&mut self.tail, rel, head),
+            None => {
+                self.heads.insert(offset, head.to_vec());
+            }
+        }
+    }
+}
+
 /// Result of `relocate`: per level, the last record before the key and its successor;
 /// plus the exact match, if any.
 struct Loc {
@@ -1135,9 +1246,9 @@ struct Loc {
     exact: Option<(u64, u8)>,
 }
 
-/// An in-progress transaction over a private copy of the file.
-struct Txn {
-    w: Vec<u8>,
+/// An in-progress transaction over the file as `w` shows it.
+struct Txn<S> {
+    w: S,
     /// In-memory header: `current_size` stays the committed size (the slot rule needs
     /// it); `num_records` is updated as records change.
     header: Header,
@@ -1146,9 +1257,9 @@ struct Txn {
     dirty: bool,
 }
 
-impl Txn {
+impl<S: TxnStore> Txn<S> {
     fn end(&self) -> u64 {
-        self.w.len() as u64
+        self.w.len()
     }
 
     /// Reads see this transaction's own appends (Cyrus reads up to `db->end`).
@@ -1162,7 +1273,7 @@ impl Txn {
                 end: self.end(),
             });
         }
-        let rec = parse_record(&self.w, offset, self.end())?;
+        let rec = self.w.record(offset)?;
         rec.check_head_crc()?;
         Ok(rec)
     }
@@ -1253,14 +1364,15 @@ impl Txn {
     fn append(&mut self, kind: u8, level: u8, key: &[u8], value: &[u8], slots: &[u64]) -> u64 {
         self.dirty = true;
         let head = head_len_for(key.len(), value.len(), level);
+        let blanks = blanks_before(self.end(), head);
         let mut bytes = Vec::new();
-        for _ in 0..blanks_before(self.end(), head) {
+        for _ in 0..blanks {
             bytes.extend_from_slice(&BLANK);
         }
-        let at = self.end() + bytes.len() as u64;
+        let at = self.end() + 8 * blanks;
         bytes.extend_from_slice(&encode_record(kind, level, key, value, slots));
-        self.writes.push((self.end(), bytes.clone()));
-        self.w.extend_from_slice(&bytes);
+        self.w.append(&bytes);
+        self.writes.push((at - 8 * blanks, bytes));
         at
     }
 
@@ -1314,7 +1426,7 @@ impl Txn {
             head.extend_from_slice(&rec.crc32_tail.to_be_bytes());
             let offset = rec.offset;
             level = rec.level;
-            put(&mut self.w, offset, &head);
+            self.w.rewrite_head(offset, &head);
             self.writes.push((offset, head));
         }
         Ok(())
@@ -1543,6 +1655,142 @@ mod tests {
             .records
             .iter()
             .any(|r| matches!(r, RawRecord::Record(r) if r.kind == DELETE)));
+    }
+
+    /// splitmix64 for test op sequences.
+    struct TestRng(u64);
+    impl TestRng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// A random transaction: sets (new and existing keys, some long values) and deletes
+    /// (present and missing keys), sometimes of the same key twice.
+    fn random_ops(r: &mut TestRng) -> Vec<(bool, Vec<u8>, Vec<u8>)> {
+        let n = 1 + r.below(6);
+        (0..n)
+            .map(|_| {
+                let key = format!("key{:05}", r.below(400)).into_bytes();
+                let vlen = if r.below(20) == 0 { 600 } else { r.below(40) } as usize;
+                let value = vec![b'a' + r.below(26) as u8; vlen];
+                (r.below(4) == 0, key, value)
+            })
+            .collect()
+    }
+
+    fn as_ops(ops: &[(bool, Vec<u8>, Vec<u8>)]) -> Vec<Op<'_>> {
+        ops.iter()
+            .map(|(del, k, v)| if *del { Op::Delete(k) } else { Op::Set(k, v) })
+            .collect()
+    }
+
+    /// The plan made over the mapped file plus an overlay is the plan the whole-file copy
+    /// made, write for write, over random transaction sequences; the result reads as the
+    /// model and verifies.
+    #[test]
+    fn overlay_plans_equal_copy_plans() {
+        let mut r = TestRng(7);
+        for seed in 0..6u64 {
+            let mut buf = write_fresh(
+                &pairs(150 * seed as usize),
+                &FreshOptions {
+                    seed,
+                    ..FreshOptions::default()
+                },
+            )
+            .unwrap();
+            let mut model: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
+                live(&buf).into_iter().collect();
+            for round in 0..60 {
+                let ops = random_ops(&mut r);
+                let ops = as_ops(&ops);
+                let (mut a, mut b) = (LevelRng::new(round), LevelRng::new(round));
+                let fast = append_transaction(&buf, &ops, KeyOrder::Raw, &mut a).unwrap();
+                let copy =
+                    plan_transaction(&buf, buf.clone(), &ops, KeyOrder::Raw, &mut b).unwrap();
+                assert_eq!(fast, copy, "seed {seed} round {round}");
+                for op in &ops {
+                    match op {
+                        Op::Set(k, v) => model.insert(k.to_vec(), v.to_vec()),
+                        Op::Delete(k) => model.remove(*k),
+                    };
+                }
+                if let Some(t) = fast {
+                    buf = t.apply(&buf);
+                }
+                let db = TwoskipDb::open(&buf).unwrap();
+                assert_eq!(db.verify(), vec![]);
+                assert_eq!(live(&buf), model.clone().into_iter().collect::<Vec<_>>());
+            }
+        }
+    }
+
+    /// Every write of a plan, in order: dirty header, the records and head rewrites,
+    /// committed header.
+    fn plan_steps(t: &Transaction) -> Vec<(u64, Vec<u8>)> {
+        let mut steps = vec![(0, t.dirty_header.to_vec())];
+        steps.extend(t.writes.iter().cloned());
+        steps.push((0, t.commit_header.to_vec()));
+        steps
+    }
+
+    /// A crash after any prefix of the plan's writes — or, between the two middle
+    /// fsyncs, after any subset of the record writes reaching the disk — leaves a file
+    /// that reads (with Cyrus's recovery rules) as the old state until the committed
+    /// header is written, and as the new state after.
+    #[test]
+    fn a_crash_at_any_write_leaves_the_old_or_the_new_state() {
+        let mut r = TestRng(11);
+        let mut buf = write_fresh(&pairs(120), &FreshOptions::default()).unwrap();
+        let mut rng = LevelRng::new(5);
+        for _ in 0..20 {
+            let ops = random_ops(&mut r);
+            let ops = as_ops(&ops);
+            let Some(t) = append_transaction(&buf, &ops, KeyOrder::Raw, &mut rng).unwrap() else {
+                continue;
+            };
+            let old = live(&buf);
+            let new_buf = t.apply(&buf);
+            let new = live(&new_buf);
+            let steps = plan_steps(&t);
+            let check = |applied: &[&(u64, Vec<u8>)], committed: bool| {
+                let mut f = buf.clone();
+                for (off, bytes) in applied {
+                    put(&mut f, *off, bytes);
+                }
+                let db = TwoskipDb::open(&f).unwrap();
+                assert_eq!(db.header().is_dirty(), !committed && !applied.is_empty());
+                let seen: Vec<_> = db
+                    .iter()
+                    .map(|x| x.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                assert_eq!(&seen, if committed { &new } else { &old });
+                for (k, v) in if committed { &new } else { &old } {
+                    assert_eq!(db.get(k).unwrap(), Some(&v[..]));
+                }
+            };
+            for k in 0..=steps.len() {
+                let applied: Vec<_> = steps[..k].iter().collect();
+                check(&applied, k == steps.len());
+            }
+            // Unordered arrival of the middle group (no fsync orders them).
+            let middle = &steps[1..steps.len() - 1];
+            for _ in 0..16 {
+                let mut applied = vec![&steps[0]];
+                applied.extend(middle.iter().filter(|_| r.below(2) == 0));
+                check(&applied, false);
+            }
+            buf = new_buf;
+        }
     }
 
     #[test]
