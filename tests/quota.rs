@@ -188,6 +188,114 @@ fn legacy_damage_fixed_as_cyrus_fixes_it() {
     assert!(quota_findings.is_empty(), "{quota_findings:?}");
 }
 
+/// A quotalegacy file that does not parse (cut short; overwritten with zeros): without -f
+/// an error naming the file and the fix; `-f -n` reports the rebuild and writes nothing;
+/// `-f` rebuilds each root with the limits that could still be read and usage recounted
+/// from the mailboxes, so Cyrus reads every root again, with the fixture's usage.
+#[test]
+fn damaged_quotalegacy_records_are_rebuilt_by_minus_f() {
+    if !require_cyrus() {
+        return;
+    }
+    let s = Store::new("legacy");
+    let want = s.cyrus_quota_json();
+    let bob = s.path("conf/quota/b/user.bob");
+    let folder = s.path("conf/quota/f/shared.folder");
+    // Cut inside MESSAGE's limit: STORAGE's survives, MESSAGE's may be shortened: dropped.
+    std::fs::write(&bob, b"%(S (6297 5000) M (13 10").unwrap();
+    std::fs::write(&folder, [0u8; 40]).unwrap();
+    let r = cyrkit(&s.conf(), &[]);
+    assert_eq!(r.code, 3, "{}", r.describe());
+    assert!(r.stderr.contains("user.bob") && r.stderr.contains("quota -f rebuilds it"));
+
+    let before = snapshot(&s.root);
+    let dry = cyrkit(&s.conf(), &["-f", "-n"]);
+    assert_eq!(dry.code, 1, "{}", dry.describe());
+    assert_eq!(snapshot(&s.root), before, "-f -n wrote");
+    let rebuilt = |out: &str, root: &str| {
+        out.lines()
+            .any(|l| l.starts_with(&format!("{root}: quota record unreadable (")))
+    };
+    assert!(rebuilt(&dry.stderr, "user.bob") && rebuilt(&dry.stderr, "shared.folder"));
+
+    let r = cyrkit(&s.conf(), &["-f", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    let j = r.json();
+    let changes = j["-changes"].as_array().unwrap();
+    let bob_change = changes
+        .iter()
+        .find(|c| c["change"] == "rebuilt" && c["root"] == "user.bob")
+        .unwrap();
+    assert_eq!(bob_change["limits"], serde_json::json!({"STORAGE": 5000}));
+    let folder_change = changes
+        .iter()
+        .find(|c| c["change"] == "rebuilt" && c["root"] == "shared.folder")
+        .unwrap();
+    assert_eq!(folder_change["limits"], serde_json::json!({}));
+    // Cyrus reads both again: usage exactly as before the damage; limits as recovered.
+    let got = s.cyrus_quota_json();
+    for root in ["user.bob", "shared.folder"] {
+        for res in [
+            "STORAGE",
+            "MESSAGE",
+            "X-ANNOTATION-STORAGE",
+            "X-NUM-FOLDERS",
+        ] {
+            assert_eq!(
+                got[root][res]["used"], want[root][res]["used"],
+                "{root} {res}"
+            );
+        }
+    }
+    assert_eq!(got["user.bob"]["STORAGE"]["limit"], 5000 * 1024);
+    assert!(got["user.bob"]["MESSAGE"].get("limit").is_none());
+    assert!(got["shared.folder"]["STORAGE"].get("limit").is_none());
+    for root in ["user.alice", "user.alice.Sub", "user.carol"] {
+        assert_eq!(got[root], want[root], "{root} untouched");
+    }
+    // Done: a second -f finds nothing, nor does Cyrus's.
+    let again = cyrkit(&s.conf(), &["-f", "-n"]);
+    assert_eq!(again.code, 0, "{}", again.describe());
+    let (ok, _, err) = s.cyrus("quota", &["-f", "-n"]);
+    assert!(ok && err.trim().is_empty(), "Cyrus quota -f -n: {err}");
+}
+
+/// The same in a twoskip quotas.db: one value that does not parse is rebuilt in place.
+#[test]
+fn damaged_twoskip_quota_record_is_rebuilt_by_minus_f() {
+    if !require_cyrus() {
+        return;
+    }
+    let s = Store::new("uuid");
+    let want = s.cyrus_quota_json();
+    let path = s.path("conf/quotas.db");
+    let mut pairs =
+        cyrkit::spool::db::read_pairs(&std::fs::read(&path).unwrap(), Backend::Twoskip).unwrap();
+    let v = &mut pairs
+        .iter_mut()
+        .find(|(k, _)| k.as_slice() == b"example.org!user.carol")
+        .unwrap()
+        .1;
+    *v = b"%(S (1957 3000) M (3 10) AS (0) NF (2) MODSEQ x6)".to_vec();
+    let opts = twoskip::FreshOptions {
+        order: KeyOrder::Raw,
+        ..Default::default()
+    };
+    std::fs::write(&path, twoskip::write_fresh(&pairs, &opts).unwrap()).unwrap();
+    chown_cyrus(&s.root).unwrap();
+    assert_eq!(cyrkit(&s.conf(), &[]).code, 3);
+    let r = cyrkit(&s.conf(), &["-f"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    assert!(r.stderr.lines().any(|l| l
+        == "example.org!user.carol: quota record unreadable (quota record: field MODSEQ: is not an unsigned decimal number); rebuilt, limits kept: MESSAGE 10, STORAGE 3000; usage recounted"), "{}", r.stderr);
+    assert_eq!(
+        s.cyrus_quota_json(),
+        want,
+        "every root as before the damage"
+    );
+    assert_eq!(cyrkit(&s.conf(), &["-f", "-n"]).code, 0);
+}
+
 #[test]
 fn unused_root_is_kept_without_the_flag() {
     if !require_cyrus() {

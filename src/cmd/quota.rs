@@ -34,7 +34,7 @@ use anyhow::Context;
 use super::{Common, Outcome, UsageError};
 use crate::format::header::{self, MailboxHeader};
 use crate::format::index::{self, IndexHeader};
-use crate::format::quota::{QuotaRecord, QuotaScan, Resource};
+use crate::format::quota::{salvage_limits, QuotaRecord, QuotaScan, Resource};
 use crate::spool::config::Config;
 use crate::spool::lock::{self, FileLock, LockError, LockMode};
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
@@ -105,6 +105,13 @@ pub enum Change {
     Unused {
         root: String,
     },
+    /// A root whose stored record does not parse, rebuilt: the limits that could still be
+    /// read (as stored: STORAGE in KiB), usage recounted from the mailboxes.
+    Rebuilt {
+        root: String,
+        why: String,
+        limits: BTreeMap<&'static str, u64>,
+    },
 }
 
 impl Change {
@@ -126,6 +133,15 @@ impl Change {
             Change::Unused { root } => {
                 format!("{root}: used by no mailbox (kept; --remove-unused deletes it)")
             }
+            Change::Rebuilt { root, why, limits } => {
+                let kept = if limits.is_empty() {
+                    "no limit could be read: unlimited".to_string()
+                } else {
+                    let l: Vec<String> = limits.iter().map(|(r, l)| format!("{r} {l}")).collect();
+                    format!("limits kept: {}", l.join(", "))
+                };
+                format!("{root}: quota record unreadable ({why}); rebuilt, {kept}; usage recounted")
+            }
         }
     }
 }
@@ -146,6 +162,18 @@ struct Fixer<'a> {
     quiet_changes: bool,
     changes: Vec<Change>,
     errors: Vec<String>,
+    /// Roots whose damaged record was (with `-n`: would be) rebuilt, as rebuilt.
+    rebuilt: BTreeMap<Vec<u8>, QuotaRecord>,
+}
+
+/// The record `-f` puts in place of one that does not parse: the limits that can still be
+/// read, no usage (recounted next), MODSEQ 0.
+fn rebuilt_record(raw: &[u8]) -> QuotaRecord {
+    let mut q = QuotaRecord::new();
+    for (rq, limit) in q.resources.iter_mut().zip(salvage_limits(raw)) {
+        rq.limit = limit;
+    }
+    q
 }
 
 pub fn run(common: &Common, args: &QuotaArgs) -> anyhow::Result<Outcome> {
@@ -180,6 +208,7 @@ pub fn run(common: &Common, args: &QuotaArgs) -> anyhow::Result<Outcome> {
             quiet_changes: json,
             changes: Vec::new(),
             errors: Vec::new(),
+            rebuilt: BTreeMap::new(),
         };
         let mboxlist = Mboxlist::load(&config, &nc, LOCK_TIMEOUT)?;
         fx.fix(&mboxlist, &all_roots, &selected, args, &nc, common)?;
@@ -193,10 +222,11 @@ pub fn run(common: &Common, args: &QuotaArgs) -> anyhow::Result<Outcome> {
         }
         changes = fx.changes;
     }
+    // -f rebuilds (-f -n reports) a record that does not parse; without -f it is an error.
     for (root, s) in &stored {
-        if let (true, Err(e)) = (selected.contains(root), &s.record) {
+        if let (true, false, Err(e)) = (selected.contains(root), args.fix, &s.record) {
             eprintln!(
-                "cyrkit: error: {}: quota root {}: {e}",
+                "cyrkit: error: {}: quota root {}: {e} (quota -f rebuilds it)",
                 s.file.display(),
                 String::from_utf8_lossy(root)
             );
@@ -458,14 +488,34 @@ impl Fixer<'_> {
         nc: &NameConfig,
         common: &Common,
     ) -> anyhow::Result<()> {
-        // Stale SCAN data from an interrupted run (Cyrus's fixquota_addroot drops it).
-        if !self.dry_run {
-            for root in selected {
-                let mut rl = self.store.lock_root(root, LOCK_TIMEOUT)?;
-                if let Some(mut q) = rl.record.clone().filter(|q| q.scan.is_some()) {
-                    q.scan = None;
+        // Records that do not parse: rebuilt before anything is counted, so deliveries from
+        // here on update a record Cyrus reads (Cyrus's quota -f skips such a root, and so
+        // loses it: `do_onequota` ignores what `quota_parseval` refuses). Stale SCAN data
+        // from an interrupted run goes (Cyrus's fixquota_addroot drops it).
+        for root in selected {
+            let mut rl = self.store.lock_root_for_repair(root, LOCK_TIMEOUT)?;
+            if let Some(d) = rl.damaged.clone() {
+                let q = rebuilt_record(&d.raw);
+                let limits = Resource::ALL
+                    .iter()
+                    .filter_map(|r| q.get(*r).limit.map(|l| (r.imap_name(), l)))
+                    .collect();
+                self.note(Change::Rebuilt {
+                    root: String::from_utf8_lossy(root).into_owned(),
+                    why: d.why,
+                    limits,
+                });
+                if !self.dry_run {
                     rl.write(&q)?;
                 }
+                self.rebuilt.insert(root.clone(), q);
+                continue;
+            }
+            if let (false, Some(mut q)) =
+                (self.dry_run, rl.record.clone().filter(|q| q.scan.is_some()))
+            {
+                q.scan = None;
+                rl.write(&q)?;
             }
         }
         let filter = mailbox_filter(args, nc)?;
@@ -563,7 +613,7 @@ impl Fixer<'_> {
             return Ok(());
         }
         self.note(Change::Unused { root: ext });
-        let mut rl = self.store.lock_root(root, LOCK_TIMEOUT)?;
+        let mut rl = self.store.lock_root_for_repair(root, LOCK_TIMEOUT)?;
         self.store_usage(root, &mut rl, [0; 4])
     }
 
@@ -735,7 +785,7 @@ impl Fixer<'_> {
     /// scanned again.
     fn count_root_dry(&mut self, root: &[u8], ms: &[Mbox<'_>]) -> anyhow::Result<()> {
         let read = |s: &QuotaStore| -> anyhow::Result<Option<QuotaRecord>> {
-            Ok(s.lock_root(root, LOCK_TIMEOUT)?.record)
+            Ok(s.lock_root_for_repair(root, LOCK_TIMEOUT)?.record)
         };
         for _ in 0..DRY_RESCANS {
             let before = read(&self.store)?;
@@ -745,7 +795,7 @@ impl Fixer<'_> {
                 let held = self.lock_mailboxes(&refs, LockMode::Shared)?;
                 add_usage(&mut sum, &sum_usage(&held, &refs)?);
             }
-            let mut rl = self.store.lock_root(root, LOCK_TIMEOUT)?;
+            let mut rl = self.store.lock_root_for_repair(root, LOCK_TIMEOUT)?;
             if rl.record == before {
                 return self.store_usage(root, &mut rl, sum);
             }
@@ -756,7 +806,9 @@ impl Fixer<'_> {
     /// Compare the root's stored usage with `now`, report each difference in Cyrus's words,
     /// and (unless `-n`) store it with the SCAN data removed. Limits are never touched.
     fn store_usage(&mut self, root: &[u8], rl: &mut RootLock, now: Usage) -> anyhow::Result<()> {
-        let Some(mut q) = rl.record.clone() else {
+        // -n: a damaged record is compared as it would be rebuilt.
+        let stored = rl.record.clone();
+        let Some(mut q) = stored.or_else(|| self.rebuilt.get(root).cloned()) else {
             anyhow::bail!("{}: the quota root disappeared", rl.path().display());
         };
         let mut changed = false;

@@ -204,8 +204,27 @@ impl QuotaStore {
     }
 
     /// Lock root `root` for update (quotalegacy: its file; twoskip: the database) and read
-    /// it. `record` is `None` when the root does not exist.
+    /// it. `record` is `None` when the root does not exist; a record that does not parse is
+    /// an error.
     pub fn lock_root(&self, root: &[u8], timeout: Duration) -> Result<RootLock, QuotaStoreError> {
+        let rl = self.lock_root_for_repair(root, timeout)?;
+        match &rl.damaged {
+            Some(d) => Err(QuotaStoreError::Record {
+                path: rl.path.clone(),
+                root: String::from_utf8_lossy(root).into_owned(),
+                why: d.why.clone(),
+            }),
+            None => Ok(rl),
+        }
+    }
+
+    /// [`lock_root`](Self::lock_root), but a record that does not parse is returned as
+    /// [`RootLock::damaged`] (with `record` `None`) so that it can be rebuilt under the lock.
+    pub fn lock_root_for_repair(
+        &self,
+        root: &[u8],
+        timeout: Duration,
+    ) -> Result<RootLock, QuotaStoreError> {
         let path = match self {
             QuotaStore::Legacy(layout) => layout.quotalegacy_file(root)?,
             QuotaStore::Twoskip(p) => p.clone(),
@@ -217,6 +236,7 @@ impl QuotaStore {
                 path,
                 held: None,
                 record: None,
+                damaged: None,
             });
         };
         let io = |source| QuotaStoreError::Io {
@@ -227,15 +247,19 @@ impl QuotaStore {
             let map = db::map_file(held.file()).map_err(io)?;
             map.to_vec()
         };
-        let bad = |why: String| QuotaStoreError::Record {
-            path: path.clone(),
-            root: String::from_utf8_lossy(root).into_owned(),
-            why,
+        let mut damaged = None;
+        let mut check = |parsed: Result<QuotaRecord, quota::QuotaError>, raw: &[u8]| match parsed {
+            Ok(q) => Some(q),
+            Err(e) => {
+                damaged = Some(DamagedRecord {
+                    why: e.to_string(),
+                    raw: raw.to_vec(),
+                });
+                None
+            }
         };
         let record = match self {
-            QuotaStore::Legacy(_) => {
-                Some(quota::parse_legacy_file(&bytes).map_err(|e| bad(e.to_string()))?)
-            }
+            QuotaStore::Legacy(_) => check(quota::parse_legacy_file(&bytes), &bytes),
             QuotaStore::Twoskip(_) => {
                 let db = TwoskipDb::open(&bytes).map_err(|source| QuotaStoreError::Db {
                     path: path.clone(),
@@ -245,7 +269,7 @@ impl QuotaStore {
                     path: path.clone(),
                     source,
                 })? {
-                    Some(v) => Some(quota::parse_value(v).map_err(|e| bad(e.to_string()))?),
+                    Some(v) => check(quota::parse_value(v), v),
                     None => None,
                 }
             }
@@ -256,6 +280,7 @@ impl QuotaStore {
             path,
             held: Some((held, bytes)),
             record,
+            damaged,
         })
     }
 }
@@ -297,6 +322,18 @@ pub struct RootLock {
     held: Option<(FileLock, Vec<u8>)>,
     /// The record as read under the lock.
     pub record: Option<QuotaRecord>,
+    /// The stored record when it does not parse (only from
+    /// [`QuotaStore::lock_root_for_repair`]).
+    pub damaged: Option<DamagedRecord>,
+}
+
+/// A stored quota record that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRecord {
+    /// What the parser said.
+    pub why: String,
+    /// The stored bytes (file contents or database value).
+    pub raw: Vec<u8>,
 }
 
 impl RootLock {
@@ -327,6 +364,7 @@ impl RootLock {
             }
         }
         self.record = Some(q);
+        self.damaged = None;
         Ok(())
     }
 
