@@ -296,6 +296,38 @@ fn damaged_twoskip_quota_record_is_rebuilt_by_minus_f() {
     assert_eq!(cyrkit(&s.conf(), &["-f", "-n"]).code, 0);
 }
 
+/// A run killed between replacing a mailbox's cyrus.header (new pointer) and rewriting its
+/// index header leaves the right pointer with a stale header CRC in the index; the next
+/// `-f` finishes the job (`-n` reports it), so mbcheck and Cyrus's reconstruct are content.
+#[test]
+fn pointer_written_but_index_crc_stale_is_finished_by_the_next_run() {
+    let s = Store::new("legacy");
+    let dir = s.path("spool/b/user/bob");
+    let hp = dir.join("cyrus.header");
+    // Before: the pointer wrong, the index in step with the header.
+    set_pointer(&dir, None);
+    // The interrupted run replaced the header, and was killed before the index.
+    let mut h = header::parse(&std::fs::read(&hp).unwrap()).unwrap();
+    h.quotaroot = Some(b"user.bob".to_vec());
+    std::fs::write(&hp, h.write().unwrap()).unwrap();
+    let dry = cyrkit(&s.conf(), &["-f", "-n"]);
+    assert_eq!(dry.code, 1, "{}", dry.describe());
+    assert!(dry
+        .stderr
+        .lines()
+        .any(|l| l == "user.bob: header file CRC mismatch, correcting"));
+    let r = cyrkit(&s.conf(), &["-f"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    let again = cyrkit(&s.conf(), &["-f", "-n"]);
+    assert_eq!(again.code, 0, "{}", again.describe());
+    let ih = index::parse_header(&std::fs::read(s.path("spool/b/user/bob/cyrus.index")).unwrap())
+        .unwrap();
+    assert_eq!(
+        ih.header_file_crc,
+        header::header_file_crc(&std::fs::read(&hp).unwrap())
+    );
+}
+
 #[test]
 fn unused_root_is_kept_without_the_flag() {
     if !require_cyrus() {

@@ -105,6 +105,11 @@ pub enum Change {
     Unused {
         root: String,
     },
+    /// The index did not record the CRC of the mailbox's `cyrus.header` (a run killed
+    /// between rewriting the header and the index): the index header is corrected.
+    HeaderCrc {
+        mailbox: String,
+    },
     /// A root whose stored record does not parse, rebuilt: the limits that could still be
     /// read (as stored: STORAGE in KiB), usage recounted from the mailboxes.
     Rebuilt {
@@ -132,6 +137,9 @@ impl Change {
             Change::Removed { root } => format!("{root}: removed"),
             Change::Unused { root } => {
                 format!("{root}: used by no mailbox (kept; --remove-unused deletes it)")
+            }
+            Change::HeaderCrc { mailbox } => {
+                format!("{mailbox}: header file CRC mismatch, correcting")
             }
             Change::Rebuilt { root, why, limits } => {
                 let kept = if limits.is_empty() {
@@ -620,6 +628,11 @@ impl Fixer<'_> {
     /// Set a mailbox's quota-root pointer to `want` when it differs: `cyrus.header`
     /// replaced atomically and the index header's `header_file_crc` rewritten, under the
     /// mailbox's write locks (Cyrus's `mailbox_commit_header` + `mailbox_commit_index`).
+    ///
+    /// A run killed between those two writes leaves the new header with the old CRC in the
+    /// index (Cyrus's own commit has the same window; Cyrus opens such a mailbox with a
+    /// warning). So a pointer that is already right but whose header CRC the index does
+    /// not record is finished here: the CRC is rewritten, in reconstruct's words.
     fn fix_pointer(&mut self, m: &Mbox<'_>, want: Option<&[u8]>) -> Result<(), String> {
         let ext = String::from_utf8_lossy(&m.name).into_owned();
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{ext}: {what}: {e}");
@@ -628,16 +641,31 @@ impl Fixer<'_> {
             let h = header::parse(&bytes).map_err(|e| fail(&path_string(p), &e))?;
             Ok((h, bytes))
         };
-        let (h, _) = read_header(&m.header_path)?;
-        if h.quotaroot.as_deref() == want {
+        // Index CRC 0 means "not recorded" (mailbox_read_header checks only non-zero CRCs).
+        let crc_differs = |ih: &IndexHeader, bytes: &[u8]| {
+            ih.header_file_crc != 0 && ih.header_file_crc != header::header_file_crc(bytes)
+        };
+        let (h, bytes) = read_header(&m.header_path)?;
+        let pointer_wrong = h.quotaroot.as_deref() != want;
+        let crc_wrong = std::fs::File::open(&m.index_path)
+            .ok()
+            .and_then(|f| read_index_header(&f, &m.index_path).ok())
+            .is_some_and(|(ih, _)| crc_differs(&ih, &bytes));
+        if !pointer_wrong && !crc_wrong {
             return Ok(());
         }
         let show = |r: Option<&[u8]>| r.map(|r| String::from_utf8_lossy(r).into_owned());
-        self.note(Change::Pointer {
-            mailbox: ext.clone(),
-            old: show(h.quotaroot.as_deref()),
-            new: show(want),
-        });
+        if pointer_wrong {
+            self.note(Change::Pointer {
+                mailbox: ext.clone(),
+                old: show(h.quotaroot.as_deref()),
+                new: show(want),
+            });
+        } else {
+            self.note(Change::HeaderCrc {
+                mailbox: ext.clone(),
+            });
+        }
         if self.dry_run {
             return Ok(());
         }
@@ -648,18 +676,22 @@ impl Fixer<'_> {
             return Err(fail("locking", &"no index lock"));
         };
         // Re-read under the lock: another process may have fixed it meanwhile.
-        let (mut h, _) = read_header(&m.header_path)?;
-        if h.quotaroot.as_deref() == want {
+        let (mut h, mut bytes) = read_header(&m.header_path)?;
+        let (mut ih, version) = read_index_header(idx.file(), &m.index_path)?;
+        let new_header = h.quotaroot.as_deref() != want;
+        if !new_header && !crc_differs(&ih, &bytes) {
             return Ok(());
         }
-        h.quotaroot = want.map(<[u8]>::to_vec);
-        let bytes = h.write().map_err(|e| fail("writing cyrus.header", &e))?;
-        let (ih, version) = read_index_header(idx.file(), &m.index_path)?;
-        let mut ih = ih;
+        if new_header {
+            h.quotaroot = want.map(<[u8]>::to_vec);
+            bytes = h.write().map_err(|e| fail("writing cyrus.header", &e))?;
+        }
         ih.header_file_crc = header::header_file_crc(&bytes);
         let ibytes = index::write_header(&ih, version).map_err(|e| fail("cyrus.index", &e))?;
-        crate::spool::atomic::replace(&m.header_path, &bytes)
-            .map_err(|e| fail("cyrus.header", &e))?;
+        if new_header {
+            crate::spool::atomic::replace(&m.header_path, &bytes)
+                .map_err(|e| fail("cyrus.header", &e))?;
+        }
         idx.file()
             .write_all_at(&ibytes, 0)
             .and_then(|()| idx.file().sync_data())
