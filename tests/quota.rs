@@ -21,6 +21,7 @@ use support::cli::{self, Run};
 use support::cyrus::{
     chown_cyrus, crlf, quote, require_cyrus, run_cyrus_tool, CyrusInstance, CyrusOptions,
 };
+use support::spool::set_pointer;
 
 fn cyrkit(conf: &Path, args: &[&str]) -> Run {
     cli::run(&["quota"], Some(conf), args, &[])
@@ -90,23 +91,6 @@ fn edit_legacy_quota(path: &Path, edit: impl FnOnce(&mut quota::QuotaRecord)) {
     let mut q = quota::parse_legacy_file(&std::fs::read(path).unwrap()).unwrap();
     edit(&mut q);
     std::fs::write(path, quota::write_legacy_file(&q)).unwrap();
-}
-
-/// Point a mailbox's cyrus.header at another quota root, keeping the index's header CRC in
-/// step (as a buggy Cyrus release would have left it).
-fn set_pointer(dir: &Path, root: Option<&[u8]>) {
-    let hp = dir.join("cyrus.header");
-    let mut h = header::parse(&std::fs::read(&hp).unwrap()).unwrap();
-    h.quotaroot = root.map(<[u8]>::to_vec);
-    let bytes = h.write().unwrap();
-    std::fs::write(&hp, &bytes).unwrap();
-    let ip = dir.join("cyrus.index");
-    let mut buf = std::fs::read(&ip).unwrap();
-    let mut ih = index::parse_header(&buf).unwrap();
-    ih.header_file_crc = header::header_file_crc(&bytes);
-    let hb = index::write_header(&ih, ih.minor_version).unwrap();
-    buf[..hb.len()].copy_from_slice(&hb);
-    std::fs::write(&ip, buf).unwrap();
 }
 
 fn damage_legacy(s: &Store) {
