@@ -351,6 +351,12 @@ pub fn parse_legacy_file(file: &[u8]) -> Result<QuotaRecord, QuotaError> {
 /// key whose two numbers read (the rest of the record may be cut or damaged); in the 2.x
 /// layout, the leading `used limit` pair and `NAME used limit` groups.
 pub fn salvage_limits(record: &[u8]) -> [Option<u64>; 4] {
+    // A quotalegacy file ends with a newline whatever its content: not proof that the
+    // token before it is complete.
+    let record = match record.first() {
+        Some(b'%') => record.strip_suffix(b"\n").unwrap_or(record),
+        _ => record,
+    };
     let mut out = [None; 4];
     let mut seen = [false; 4];
     let mut tokens: Vec<&[u8]> = Vec::new();
@@ -566,6 +572,11 @@ mod tests {
         // A number cut by the end of the record may be shortened: not taken.
         assert_eq!(
             salvage_limits(b"%(S (420 1000) M (1 5"),
+            [Some(1000), None, None, None]
+        );
+        // The same as a quotalegacy file (its final newline proves nothing).
+        assert_eq!(
+            salvage_limits(b"%(S (420 1000) M (1 5\n"),
             [Some(1000), None, None, None]
         );
         // A damaged field elsewhere does not hide the others; a used-only list is unlimited.
