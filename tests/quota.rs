@@ -21,6 +21,7 @@ use support::cli::{self, Run};
 use support::cyrus::{
     chown_cyrus, crlf, quote, require_cyrus, run_cyrus_tool, CyrusInstance, CyrusOptions,
 };
+use support::spool::set_pointer;
 
 fn cyrkit(conf: &Path, args: &[&str]) -> Run {
     cli::run(&["quota"], Some(conf), args, &[])
@@ -90,23 +91,6 @@ fn edit_legacy_quota(path: &Path, edit: impl FnOnce(&mut quota::QuotaRecord)) {
     let mut q = quota::parse_legacy_file(&std::fs::read(path).unwrap()).unwrap();
     edit(&mut q);
     std::fs::write(path, quota::write_legacy_file(&q)).unwrap();
-}
-
-/// Point a mailbox's cyrus.header at another quota root, keeping the index's header CRC in
-/// step (as a buggy Cyrus release would have left it).
-fn set_pointer(dir: &Path, root: Option<&[u8]>) {
-    let hp = dir.join("cyrus.header");
-    let mut h = header::parse(&std::fs::read(&hp).unwrap()).unwrap();
-    h.quotaroot = root.map(<[u8]>::to_vec);
-    let bytes = h.write().unwrap();
-    std::fs::write(&hp, &bytes).unwrap();
-    let ip = dir.join("cyrus.index");
-    let mut buf = std::fs::read(&ip).unwrap();
-    let mut ih = index::parse_header(&buf).unwrap();
-    ih.header_file_crc = header::header_file_crc(&bytes);
-    let hb = index::write_header(&ih, ih.minor_version).unwrap();
-    buf[..hb.len()].copy_from_slice(&hb);
-    std::fs::write(&ip, buf).unwrap();
 }
 
 fn damage_legacy(s: &Store) {
@@ -186,6 +170,146 @@ fn legacy_damage_fixed_as_cyrus_fixes_it() {
         .filter(|f| f["kind"] == "quota")
         .collect();
     assert!(quota_findings.is_empty(), "{quota_findings:?}");
+}
+
+/// A quotalegacy file that does not parse (cut short; overwritten with zeros): without -f
+/// an error naming the file and the fix; `-f -n` reports the rebuild and writes nothing;
+/// `-f` rebuilds each root with the limits that could still be read and usage recounted
+/// from the mailboxes, so Cyrus reads every root again, with the fixture's usage.
+#[test]
+fn damaged_quotalegacy_records_are_rebuilt_by_minus_f() {
+    if !require_cyrus() {
+        return;
+    }
+    let s = Store::new("legacy");
+    let want = s.cyrus_quota_json();
+    let bob = s.path("conf/quota/b/user.bob");
+    let folder = s.path("conf/quota/f/shared.folder");
+    // Cut inside MESSAGE's limit: STORAGE's survives, MESSAGE's may be shortened: dropped.
+    std::fs::write(&bob, b"%(S (6297 5000) M (13 10").unwrap();
+    std::fs::write(&folder, [0u8; 40]).unwrap();
+    let r = cyrkit(&s.conf(), &[]);
+    assert_eq!(r.code, 3, "{}", r.describe());
+    assert!(r.stderr.contains("user.bob") && r.stderr.contains("quota -f rebuilds it"));
+
+    let before = snapshot(&s.root);
+    let dry = cyrkit(&s.conf(), &["-f", "-n"]);
+    assert_eq!(dry.code, 1, "{}", dry.describe());
+    assert_eq!(snapshot(&s.root), before, "-f -n wrote");
+    let rebuilt = |out: &str, root: &str| {
+        out.lines()
+            .any(|l| l.starts_with(&format!("{root}: quota record unreadable (")))
+    };
+    assert!(rebuilt(&dry.stderr, "user.bob") && rebuilt(&dry.stderr, "shared.folder"));
+
+    let r = cyrkit(&s.conf(), &["-f", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    let j = r.json();
+    let changes = j["-changes"].as_array().unwrap();
+    let bob_change = changes
+        .iter()
+        .find(|c| c["change"] == "rebuilt" && c["root"] == "user.bob")
+        .unwrap();
+    assert_eq!(bob_change["limits"], serde_json::json!({"STORAGE": 5000}));
+    let folder_change = changes
+        .iter()
+        .find(|c| c["change"] == "rebuilt" && c["root"] == "shared.folder")
+        .unwrap();
+    assert_eq!(folder_change["limits"], serde_json::json!({}));
+    // Cyrus reads both again: usage exactly as before the damage; limits as recovered.
+    let got = s.cyrus_quota_json();
+    for root in ["user.bob", "shared.folder"] {
+        for res in [
+            "STORAGE",
+            "MESSAGE",
+            "X-ANNOTATION-STORAGE",
+            "X-NUM-FOLDERS",
+        ] {
+            assert_eq!(
+                got[root][res]["used"], want[root][res]["used"],
+                "{root} {res}"
+            );
+        }
+    }
+    assert_eq!(got["user.bob"]["STORAGE"]["limit"], 5000 * 1024);
+    assert!(got["user.bob"]["MESSAGE"].get("limit").is_none());
+    assert!(got["shared.folder"]["STORAGE"].get("limit").is_none());
+    for root in ["user.alice", "user.alice.Sub", "user.carol"] {
+        assert_eq!(got[root], want[root], "{root} untouched");
+    }
+    // Done: a second -f finds nothing, nor does Cyrus's.
+    let again = cyrkit(&s.conf(), &["-f", "-n"]);
+    assert_eq!(again.code, 0, "{}", again.describe());
+    let (ok, _, err) = s.cyrus("quota", &["-f", "-n"]);
+    assert!(ok && err.trim().is_empty(), "Cyrus quota -f -n: {err}");
+}
+
+/// The same in a twoskip quotas.db: one value that does not parse is rebuilt in place.
+#[test]
+fn damaged_twoskip_quota_record_is_rebuilt_by_minus_f() {
+    if !require_cyrus() {
+        return;
+    }
+    let s = Store::new("uuid");
+    let want = s.cyrus_quota_json();
+    let path = s.path("conf/quotas.db");
+    let mut pairs =
+        cyrkit::spool::db::read_pairs(&std::fs::read(&path).unwrap(), Backend::Twoskip).unwrap();
+    let v = &mut pairs
+        .iter_mut()
+        .find(|(k, _)| k.as_slice() == b"example.org!user.carol")
+        .unwrap()
+        .1;
+    *v = b"%(S (1957 3000) M (3 10) AS (0) NF (2) MODSEQ x6)".to_vec();
+    let opts = twoskip::FreshOptions {
+        order: KeyOrder::Raw,
+        ..Default::default()
+    };
+    std::fs::write(&path, twoskip::write_fresh(&pairs, &opts).unwrap()).unwrap();
+    chown_cyrus(&s.root).unwrap();
+    assert_eq!(cyrkit(&s.conf(), &[]).code, 3);
+    let r = cyrkit(&s.conf(), &["-f"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    assert!(r.stderr.lines().any(|l| l
+        == "example.org!user.carol: quota record unreadable (quota record: field MODSEQ: is not an unsigned decimal number); rebuilt, limits kept: MESSAGE 10, STORAGE 3000; usage recounted"), "{}", r.stderr);
+    assert_eq!(
+        s.cyrus_quota_json(),
+        want,
+        "every root as before the damage"
+    );
+    assert_eq!(cyrkit(&s.conf(), &["-f", "-n"]).code, 0);
+}
+
+/// A run killed between replacing a mailbox's cyrus.header (new pointer) and rewriting its
+/// index header leaves the right pointer with a stale header CRC in the index; the next
+/// `-f` finishes the job (`-n` reports it), so mbcheck and Cyrus's reconstruct are content.
+#[test]
+fn pointer_written_but_index_crc_stale_is_finished_by_the_next_run() {
+    let s = Store::new("legacy");
+    let dir = s.path("spool/b/user/bob");
+    let hp = dir.join("cyrus.header");
+    // Before: the pointer wrong, the index in step with the header.
+    set_pointer(&dir, None);
+    // The interrupted run replaced the header, and was killed before the index.
+    let mut h = header::parse(&std::fs::read(&hp).unwrap()).unwrap();
+    h.quotaroot = Some(b"user.bob".to_vec());
+    std::fs::write(&hp, h.write().unwrap()).unwrap();
+    let dry = cyrkit(&s.conf(), &["-f", "-n"]);
+    assert_eq!(dry.code, 1, "{}", dry.describe());
+    assert!(dry
+        .stderr
+        .lines()
+        .any(|l| l == "user.bob: header file CRC mismatch, correcting"));
+    let r = cyrkit(&s.conf(), &["-f"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    let again = cyrkit(&s.conf(), &["-f", "-n"]);
+    assert_eq!(again.code, 0, "{}", again.describe());
+    let ih = index::parse_header(&std::fs::read(s.path("spool/b/user/bob/cyrus.index")).unwrap())
+        .unwrap();
+    assert_eq!(
+        ih.header_file_crc,
+        header::header_file_crc(&std::fs::read(&hp).unwrap())
+    );
 }
 
 #[test]

@@ -771,6 +771,67 @@ fn f_gives_a_header_without_unique_id_one() {
     s.assert_mbcheck_clean("header without unique id");
 }
 
+/// The header's ACL differs from the entry's: reconstruct says "update acl from header"
+/// and writes the header's ACL into the entry (`N` and `I` records), so a second run has
+/// nothing to say (Cyrus 3.6 prints the line and changes nothing, every run).
+#[test]
+fn acl_from_header_goes_into_the_database_once() {
+    use cyrkit::format::header::{Acl, AclEntry};
+    let s = Store::new("legacy");
+    let path = s.path(ALICE).join("cyrus.header");
+    let mut h = cyrkit::format::header::parse(&std::fs::read(&path).unwrap()).unwrap();
+    let mut acl = h.acl.clone().unwrap();
+    acl.entries.push(AclEntry {
+        identifier: b"dave".to_vec(),
+        rights: b"lr".to_vec(),
+    });
+    h.acl = Some(acl.clone());
+    std::fs::write(&path, h.write().unwrap()).unwrap();
+    let before = s.db_entry("user.alice").unwrap();
+    assert_ne!(before.acl.as_ref(), Some(&acl));
+    let show = |a: &Acl| String::from_utf8(a.to_cyrus_string()).unwrap();
+    let line = format!(
+        "user.alice: update acl from header {} => {}",
+        show(before.acl.as_ref().unwrap()),
+        show(&acl)
+    );
+    let dry = s.reconstruct(&["-n", "user.alice"]);
+    dry.assert_has(&line);
+    assert_eq!(
+        s.db_entry("user.alice").unwrap().acl,
+        before.acl,
+        "-n wrote"
+    );
+    let r = s.reconstruct(&["user.alice"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    r.assert_has(&line);
+    let after = s.db_entry("user.alice").unwrap();
+    assert_eq!(after.acl.as_ref(), Some(&acl));
+    let id = db_pairs_at(&s.path("conf/mailboxes.db"))
+        .into_iter()
+        .find_map(
+            |(k, v)| match cyrkit::format::mboxlist::MboxKey::decode(&k) {
+                Ok(cyrkit::format::mboxlist::MboxKey::Id(i))
+                    if Some(&i) == after.uniqueid.as_ref() =>
+                {
+                    Some(
+                        cyrkit::format::mboxlist::MboxEntry::from_v36_dlist(
+                            &cyrkit::format::dlist::parse(&v).unwrap(),
+                        )
+                        .unwrap(),
+                    )
+                }
+                _ => None,
+            },
+        )
+        .expect("I record");
+    assert_eq!(id.acl.as_ref(), Some(&acl), "I record");
+    let again = s.reconstruct(&["-n", "user.alice"]);
+    assert_eq!(again.code, 0, "{}", again.describe());
+    assert!(!again.stdout.contains("update acl"), "{}", again.stdout);
+    s.assert_mbcheck_clean("acl from header");
+}
+
 #[test]
 fn f_with_x_makes_new_mailboxes_over_the_old_files() {
     let (s, old) = store_without("legacy", "user.alice.Sent");

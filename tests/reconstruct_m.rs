@@ -316,12 +316,70 @@ fn legacy_missing_header_is_named_from_its_path() {
     let e = &s.entries()[&b"Nuser\x1falice\x1fSent".to_vec()];
     assert_eq!(e.partition.as_deref(), Some(&b"default"[..]));
     assert!(e.mbtype.legacy_dirs);
-    assert_eq!(e.uniqueid, None);
+    // No database to take it from: a new unique id, as Cyrus's reconstruct makes one for a
+    // header it cannot read, with its I record.
+    let id = e.uniqueid.clone().expect("a new unique id");
+    assert!(
+        id.len() == 24
+            && id
+                .iter()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase())
+    );
+    let by_id = &s.entries()[&[b"I".as_slice(), &id].concat()];
+    assert_eq!(by_id.dbname.as_deref(), Some(&b"user\x1falice\x1fSent"[..]));
     assert_eq!(
         e.acl.as_ref().unwrap().to_cyrus_string(),
         b"alice\tlrswipkxtecdan\t"
     );
     assert!(e.uidvalidity != 0, "uidvalidity still from the index");
+    // reconstruct then rebuilds the header with that id, and everything is consistent.
+    let conf = s.conf();
+    let conf = conf.to_str().unwrap();
+    let r = cli::run(
+        &[
+            "reconstruct",
+            "-C",
+            conf,
+            "--no-progress",
+            "user.alice.Sent",
+        ],
+        None,
+        &[],
+        &[],
+    );
+    assert_eq!(r.code, 0, "{}", r.describe());
+    let h = cyrkit::format::header::parse(
+        &std::fs::read(s.path("spool/a/user/alice/Sent/cyrus.header")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(h.uniqueid.as_deref(), Some(id.as_slice()));
+    let m = cli::run(&["mbcheck", "-C", conf, "--no-progress"], None, &[], &[]);
+    assert_eq!(m.code, 0, "{}", m.describe());
+}
+
+/// The header is lost but the database still has the entry: its unique id and ACL are
+/// kept (not a new id, not the default ACL), so `-m` changes nothing about the mailbox.
+#[test]
+fn legacy_missing_header_keeps_the_entry_id_and_acl() {
+    let s = Store::new("legacy");
+    let before = s.entries()[&b"Nuser\x1falice\x1fSent".to_vec()].clone();
+    std::fs::remove_file(s.path("spool/a/user/alice/Sent/cyrus.header")).unwrap();
+    let r = s.run(&["--json"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    assert_eq!(
+        problem(&r.json(), "header-missing")["mailbox"],
+        "user.alice.Sent"
+    );
+    let e = &s.entries()[&b"Nuser\x1falice\x1fSent".to_vec()];
+    assert!(before.uniqueid.is_some());
+    assert_eq!(e.uniqueid, before.uniqueid);
+    assert_eq!(e.acl, before.acl);
+    // Twice in a row (the header still missing): the same id again.
+    assert_eq!(s.run(&[]).code, 0);
+    assert_eq!(
+        s.entries()[&b"Nuser\x1falice\x1fSent".to_vec()].uniqueid,
+        before.uniqueid
+    );
 }
 
 #[test]

@@ -34,7 +34,7 @@ use anyhow::Context;
 use super::{Common, Outcome, UsageError};
 use crate::format::header::{self, MailboxHeader};
 use crate::format::index::{self, IndexHeader};
-use crate::format::quota::{QuotaRecord, QuotaScan, Resource};
+use crate::format::quota::{salvage_limits, QuotaRecord, QuotaScan, Resource};
 use crate::spool::config::Config;
 use crate::spool::lock::{self, FileLock, LockError, LockMode};
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
@@ -105,6 +105,18 @@ pub enum Change {
     Unused {
         root: String,
     },
+    /// The index did not record the CRC of the mailbox's `cyrus.header` (a run killed
+    /// between rewriting the header and the index): the index header is corrected.
+    HeaderCrc {
+        mailbox: String,
+    },
+    /// A root whose stored record does not parse, rebuilt: the limits that could still be
+    /// read (as stored: STORAGE in KiB), usage recounted from the mailboxes.
+    Rebuilt {
+        root: String,
+        why: String,
+        limits: BTreeMap<&'static str, u64>,
+    },
 }
 
 impl Change {
@@ -126,6 +138,18 @@ impl Change {
             Change::Unused { root } => {
                 format!("{root}: used by no mailbox (kept; --remove-unused deletes it)")
             }
+            Change::HeaderCrc { mailbox } => {
+                format!("{mailbox}: header file CRC mismatch, correcting")
+            }
+            Change::Rebuilt { root, why, limits } => {
+                let kept = if limits.is_empty() {
+                    "no limit could be read: unlimited".to_string()
+                } else {
+                    let l: Vec<String> = limits.iter().map(|(r, l)| format!("{r} {l}")).collect();
+                    format!("limits kept: {}", l.join(", "))
+                };
+                format!("{root}: quota record unreadable ({why}); rebuilt, {kept}; usage recounted")
+            }
         }
     }
 }
@@ -146,6 +170,18 @@ struct Fixer<'a> {
     quiet_changes: bool,
     changes: Vec<Change>,
     errors: Vec<String>,
+    /// Roots whose damaged record was (with `-n`: would be) rebuilt, as rebuilt.
+    rebuilt: BTreeMap<Vec<u8>, QuotaRecord>,
+}
+
+/// The record `-f` puts in place of one that does not parse: the limits that can still be
+/// read, no usage (recounted next), MODSEQ 0.
+fn rebuilt_record(raw: &[u8]) -> QuotaRecord {
+    let mut q = QuotaRecord::new();
+    for (rq, limit) in q.resources.iter_mut().zip(salvage_limits(raw)) {
+        rq.limit = limit;
+    }
+    q
 }
 
 pub fn run(common: &Common, args: &QuotaArgs) -> anyhow::Result<Outcome> {
@@ -185,6 +221,7 @@ pub fn run(common: &Common, args: &QuotaArgs) -> anyhow::Result<Outcome> {
             quiet_changes: json,
             changes: Vec::new(),
             errors: Vec::new(),
+            rebuilt: BTreeMap::new(),
         };
         let mboxlist = Mboxlist::load(&config, &nc, LOCK_TIMEOUT)?;
         fx.fix(&mboxlist, &all_roots, &selected, args, &nc, common)?;
@@ -198,10 +235,11 @@ pub fn run(common: &Common, args: &QuotaArgs) -> anyhow::Result<Outcome> {
         }
         changes = fx.changes;
     }
+    // -f rebuilds (-f -n reports) a record that does not parse; without -f it is an error.
     for (root, s) in &stored {
-        if let (true, Err(e)) = (selected.contains(root), &s.record) {
+        if let (true, false, Err(e)) = (selected.contains(root), args.fix, &s.record) {
             eprintln!(
-                "cyrkit: error: {}: quota root {}: {e}",
+                "cyrkit: error: {}: quota root {}: {e} (quota -f rebuilds it)",
                 s.file.display(),
                 String::from_utf8_lossy(root)
             );
@@ -469,14 +507,34 @@ impl Fixer<'_> {
         nc: &NameConfig,
         common: &Common,
     ) -> anyhow::Result<()> {
-        // Stale SCAN data from an interrupted run (Cyrus's fixquota_addroot drops it).
-        if !self.dry_run {
-            for root in selected {
-                let mut rl = self.store.lock_root(root, LOCK_TIMEOUT)?;
-                if let Some(mut q) = rl.record.clone().filter(|q| q.scan.is_some()) {
-                    q.scan = None;
+        // Records that do not parse: rebuilt before anything is counted, so deliveries from
+        // here on update a record Cyrus reads (Cyrus's quota -f skips such a root, and so
+        // loses it: `do_onequota` ignores what `quota_parseval` refuses). Stale SCAN data
+        // from an interrupted run goes (Cyrus's fixquota_addroot drops it).
+        for root in selected {
+            let mut rl = self.store.lock_root_for_repair(root, LOCK_TIMEOUT)?;
+            if let Some(d) = rl.damaged.clone() {
+                let q = rebuilt_record(&d.raw);
+                let limits = Resource::ALL
+                    .iter()
+                    .filter_map(|r| q.get(*r).limit.map(|l| (r.imap_name(), l)))
+                    .collect();
+                self.note(Change::Rebuilt {
+                    root: String::from_utf8_lossy(root).into_owned(),
+                    why: d.why,
+                    limits,
+                });
+                if !self.dry_run {
                     rl.write(&q)?;
                 }
+                self.rebuilt.insert(root.clone(), q);
+                continue;
+            }
+            if let (false, Some(mut q)) =
+                (self.dry_run, rl.record.clone().filter(|q| q.scan.is_some()))
+            {
+                q.scan = None;
+                rl.write(&q)?;
             }
         }
         let filter = mailbox_filter(args, nc)?;
@@ -574,13 +632,18 @@ impl Fixer<'_> {
             return Ok(());
         }
         self.note(Change::Unused { root: ext });
-        let mut rl = self.store.lock_root(root, LOCK_TIMEOUT)?;
+        let mut rl = self.store.lock_root_for_repair(root, LOCK_TIMEOUT)?;
         self.store_usage(root, &mut rl, [0; 4])
     }
 
     /// Set a mailbox's quota-root pointer to `want` when it differs: `cyrus.header`
     /// replaced atomically and the index header's `header_file_crc` rewritten, under the
     /// mailbox's write locks (Cyrus's `mailbox_commit_header` + `mailbox_commit_index`).
+    ///
+    /// A run killed between those two writes leaves the new header with the old CRC in the
+    /// index (Cyrus's own commit has the same window; Cyrus opens such a mailbox with a
+    /// warning). So a pointer that is already right but whose header CRC the index does
+    /// not record is finished here: the CRC is rewritten, in reconstruct's words.
     fn fix_pointer(&mut self, m: &Mbox<'_>, want: Option<&[u8]>) -> Result<(), String> {
         let ext = String::from_utf8_lossy(&m.name).into_owned();
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{ext}: {what}: {e}");
@@ -589,16 +652,31 @@ impl Fixer<'_> {
             let h = header::parse(&bytes).map_err(|e| fail(&path_string(p), &e))?;
             Ok((h, bytes))
         };
-        let (h, _) = read_header(&m.header_path)?;
-        if h.quotaroot.as_deref() == want {
+        // Index CRC 0 means "not recorded" (mailbox_read_header checks only non-zero CRCs).
+        let crc_differs = |ih: &IndexHeader, bytes: &[u8]| {
+            ih.header_file_crc != 0 && ih.header_file_crc != header::header_file_crc(bytes)
+        };
+        let (h, bytes) = read_header(&m.header_path)?;
+        let pointer_wrong = h.quotaroot.as_deref() != want;
+        let crc_wrong = std::fs::File::open(&m.index_path)
+            .ok()
+            .and_then(|f| read_index_header(&f, &m.index_path).ok())
+            .is_some_and(|(ih, _)| crc_differs(&ih, &bytes));
+        if !pointer_wrong && !crc_wrong {
             return Ok(());
         }
         let show = |r: Option<&[u8]>| r.map(|r| String::from_utf8_lossy(r).into_owned());
-        self.note(Change::Pointer {
-            mailbox: ext.clone(),
-            old: show(h.quotaroot.as_deref()),
-            new: show(want),
-        });
+        if pointer_wrong {
+            self.note(Change::Pointer {
+                mailbox: ext.clone(),
+                old: show(h.quotaroot.as_deref()),
+                new: show(want),
+            });
+        } else {
+            self.note(Change::HeaderCrc {
+                mailbox: ext.clone(),
+            });
+        }
         if self.dry_run {
             return Ok(());
         }
@@ -609,18 +687,22 @@ impl Fixer<'_> {
             return Err(fail("locking", &"no index lock"));
         };
         // Re-read under the lock: another process may have fixed it meanwhile.
-        let (mut h, _) = read_header(&m.header_path)?;
-        if h.quotaroot.as_deref() == want {
+        let (mut h, mut bytes) = read_header(&m.header_path)?;
+        let (mut ih, version) = read_index_header(idx.file(), &m.index_path)?;
+        let new_header = h.quotaroot.as_deref() != want;
+        if !new_header && !crc_differs(&ih, &bytes) {
             return Ok(());
         }
-        h.quotaroot = want.map(<[u8]>::to_vec);
-        let bytes = h.write().map_err(|e| fail("writing cyrus.header", &e))?;
-        let (ih, version) = read_index_header(idx.file(), &m.index_path)?;
-        let mut ih = ih;
+        if new_header {
+            h.quotaroot = want.map(<[u8]>::to_vec);
+            bytes = h.write().map_err(|e| fail("writing cyrus.header", &e))?;
+        }
         ih.header_file_crc = header::header_file_crc(&bytes);
         let ibytes = index::write_header(&ih, version).map_err(|e| fail("cyrus.index", &e))?;
-        crate::spool::atomic::replace(&m.header_path, &bytes)
-            .map_err(|e| fail("cyrus.header", &e))?;
+        if new_header {
+            crate::spool::atomic::replace(&m.header_path, &bytes)
+                .map_err(|e| fail("cyrus.header", &e))?;
+        }
         idx.file()
             .write_all_at(&ibytes, 0)
             .and_then(|()| idx.file().sync_data())
@@ -746,7 +828,7 @@ impl Fixer<'_> {
     /// scanned again.
     fn count_root_dry(&mut self, root: &[u8], ms: &[Mbox<'_>]) -> anyhow::Result<()> {
         let read = |s: &QuotaStore| -> anyhow::Result<Option<QuotaRecord>> {
-            Ok(s.lock_root(root, LOCK_TIMEOUT)?.record)
+            Ok(s.lock_root_for_repair(root, LOCK_TIMEOUT)?.record)
         };
         for _ in 0..DRY_RESCANS {
             let before = read(&self.store)?;
@@ -756,7 +838,7 @@ impl Fixer<'_> {
                 let held = self.lock_mailboxes(&refs, LockMode::Shared)?;
                 add_usage(&mut sum, &sum_usage(&held, &refs)?);
             }
-            let mut rl = self.store.lock_root(root, LOCK_TIMEOUT)?;
+            let mut rl = self.store.lock_root_for_repair(root, LOCK_TIMEOUT)?;
             if rl.record == before {
                 return self.store_usage(root, &mut rl, sum);
             }
@@ -767,7 +849,9 @@ impl Fixer<'_> {
     /// Compare the root's stored usage with `now`, report each difference in Cyrus's words,
     /// and (unless `-n`) store it with the SCAN data removed. Limits are never touched.
     fn store_usage(&mut self, root: &[u8], rl: &mut RootLock, now: Usage) -> anyhow::Result<()> {
-        let Some(mut q) = rl.record.clone() else {
+        // -n: a damaged record is compared as it would be rebuilt.
+        let stored = rl.record.clone();
+        let Some(mut q) = stored.or_else(|| self.rebuilt.get(root).cloned()) else {
             anyhow::bail!("{}: the quota root disappeared", rl.path().display());
         };
         let mut changed = false;

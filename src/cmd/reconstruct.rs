@@ -163,6 +163,9 @@ pub struct MailboxReport {
     /// The UIDVALIDITY the mailboxes database entry must get, when it differs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_uidvalidity: Option<u32>,
+    /// The ACL the mailboxes database entry must get (the header's), when it differs.
+    #[serde(skip)]
+    db_acl: Option<header::Acl>,
     /// The entry was created by this run (`-p`, `-f`): `imported` or `new` (`-x`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<&'static str>,
@@ -341,7 +344,7 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
         quota_store: quota_store.as_ref(),
     };
     let mut reports: Vec<MailboxReport> = Vec::new();
-    let mut db_updates: Vec<(Vec<u8>, u32)> = Vec::new();
+    let mut db_updates: Vec<(Vec<u8>, DbFix)> = Vec::new();
     let mut total = 0u64;
     // -f: each round's mailboxes may reveal directories below them for the next round.
     while !batch.is_empty() {
@@ -363,7 +366,14 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
             batch
                 .iter()
                 .zip(&round)
-                .filter_map(|((m, _), r)| r.db_uidvalidity.map(|v| (m.dbname.clone(), v))),
+                .filter(|(_, r)| r.db_uidvalidity.is_some() || r.db_acl.is_some())
+                .map(|((m, _), r)| {
+                    let fix = DbFix {
+                        uidvalidity: r.db_uidvalidity,
+                        acl: r.db_acl.clone(),
+                    };
+                    (m.dbname.clone(), fix)
+                }),
         );
         let mut next: Vec<(MboxRecord, Origin)> = Vec::new();
         if args.filesystem {
@@ -393,8 +403,8 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
 
     if !args.dry_run && !db_updates.is_empty() {
         let mboxlist = Mboxlist::load(&config, &nc, LOCK_TIMEOUT)?;
-        update_db_uidvalidity(&config, &mboxlist, &db_updates)
-            .context("updating UIDVALIDITY in the mailboxes database")?;
+        update_db_entries(&config, &mboxlist, &db_updates)
+            .context("updating the mailboxes database")?;
     }
     let recount: BTreeSet<Vec<u8>> = reports
         .iter()
@@ -607,13 +617,31 @@ fn recount_roots(common: &Common, nc: &NameConfig, roots: &BTreeSet<Vec<u8>>) ->
     ok
 }
 
-/// Sets the UIDVALIDITY of the `N` and `I` records of the given mailboxes (by dbname), under
-/// the database's exclusive lock: the pairs are re-read, changed, and written as a fresh
-/// file of the configured backend that replaces the old one atomically.
-fn update_db_uidvalidity(
+/// What a mailbox's database entry must get from its files.
+#[derive(Debug, Clone)]
+struct DbFix {
+    uidvalidity: Option<u32>,
+    acl: Option<header::Acl>,
+}
+
+impl DbFix {
+    fn apply(&self, e: &mut crate::format::mboxlist::MboxEntry) {
+        if let Some(uv) = self.uidvalidity {
+            e.uidvalidity = uv;
+        }
+        if let Some(acl) = &self.acl {
+            e.acl = Some(acl.clone());
+        }
+    }
+}
+
+/// Sets the UIDVALIDITY and ACL of the `N` and `I` records of the given mailboxes (by
+/// dbname), under the database's exclusive lock: the pairs are re-read, changed, and written
+/// as a fresh file of the configured backend that replaces the old one atomically.
+fn update_db_entries(
     config: &Config,
     mboxlist: &Mboxlist,
-    updates: &[(Vec<u8>, u32)],
+    updates: &[(Vec<u8>, DbFix)],
 ) -> anyhow::Result<()> {
     use crate::format::cyrusdb::Backend;
     use crate::format::mboxlist::{write_dlist_value, MboxEntry, MboxKey};
@@ -637,15 +665,15 @@ fn update_db_uidvalidity(
     let map = crate::spool::db::map_file(held.file())?;
     let mut pairs = crate::spool::db::read_pairs(&map, backend)?;
     drop(map);
-    let by_name: HashMap<&[u8], u32> = updates.iter().map(|(n, v)| (n.as_slice(), *v)).collect();
-    let mut ids: HashMap<Vec<u8>, u32> = HashMap::new();
+    let by_name: HashMap<&[u8], &DbFix> = updates.iter().map(|(n, f)| (n.as_slice(), f)).collect();
+    let mut ids: HashMap<Vec<u8>, &DbFix> = HashMap::new();
     for (k, v) in pairs.iter_mut() {
         if let Ok(MboxKey::Name(n)) = MboxKey::decode(k) {
-            if let Some(&uv) = by_name.get(n.as_slice()) {
+            if let Some(&fix) = by_name.get(n.as_slice()) {
                 let mut e = MboxEntry::from_v36_dlist(&dlist::parse(v)?)?;
-                e.uidvalidity = uv;
+                fix.apply(&mut e);
                 if let Some(id) = &e.uniqueid {
-                    ids.insert(id.clone(), uv);
+                    ids.insert(id.clone(), fix);
                 }
                 *v = write_dlist_value(&e.to_v36_name_dlist());
             }
@@ -653,9 +681,9 @@ fn update_db_uidvalidity(
     }
     for (k, v) in pairs.iter_mut() {
         if let Ok(MboxKey::Id(id)) = MboxKey::decode(k) {
-            if let Some(&uv) = ids.get(&id) {
+            if let Some(&fix) = ids.get(&id) {
                 let mut e = MboxEntry::from_v36_dlist(&dlist::parse(v)?)?;
-                e.uidvalidity = uv;
+                fix.apply(&mut e);
                 *v = write_dlist_value(&e.to_v36_id_dlist());
             }
         }
@@ -1000,6 +1028,7 @@ impl Env<'_> {
             messages: 0,
             error: None,
             db_uidvalidity: None,
+            db_acl: None,
             created: match origin {
                 Origin::Existing => None,
                 Origin::Imported => Some("imported"),
@@ -1071,6 +1100,7 @@ impl Env<'_> {
             report.modified = !plan.files.is_empty();
             report.messages = plan.messages;
             report.db_uidvalidity = plan.db_uidvalidity;
+            report.db_acl = plan.db_acl;
             return Ok(());
         }
         // Parse outside the exclusive lock, then lock, re-read, re-plan if anything moved.
@@ -1122,6 +1152,7 @@ impl Env<'_> {
         report.modified = !p.files.is_empty();
         report.messages = p.messages;
         report.db_uidvalidity = p.db_uidvalidity;
+        report.db_acl = p.db_acl;
         Ok(())
     }
 }
@@ -1210,6 +1241,7 @@ struct Plan {
     files: Changes,
     messages: u64,
     db_uidvalidity: Option<u32>,
+    db_acl: Option<header::Acl>,
     /// The quota root the new header names.
     quotaroot: Option<Vec<u8>>,
     /// What the mailbox charged its root before, when that is known: the old index header
@@ -1369,14 +1401,16 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         );
         hdr.uniqueid = entry.uniqueid.clone();
     }
-    if let (Some(h), Some(dacl)) = (&old_header, &entry.acl) {
-        let hacl = h
-            .acl
-            .as_ref()
-            .map(|a| a.to_cyrus_string())
-            .unwrap_or_default();
+    // Cyrus 3.6 prints this and changes nothing ("XXX - this is a noop right now",
+    // `mailbox_reconstruct_acl`), so every later run prints it again; the entry takes the
+    // header's ACL here, as the message says (and as 2.x's reconstruct did).
+    if let (Some(hacl_v), Some(dacl)) =
+        (old_header.as_ref().and_then(|h| h.acl.as_ref()), &entry.acl)
+    {
+        let hacl = hacl_v.to_cyrus_string();
         let dacl = dacl.to_cyrus_string();
         if hacl != dacl {
+            p.db_acl = Some(hacl_v.clone());
             p.say(
                 "acl",
                 None,

@@ -133,6 +133,9 @@ pub(super) struct Found {
     pub(super) createdmodseq: u64,
     pub(super) highestmodseq: u64,
     pub(super) header_mtime: Option<u64>,
+    /// Whether `cyrus.header` was read: without it, the ACL is a default and the unique id
+    /// is unknown, and the current database's entry is the better source of both.
+    pub(super) header_read: bool,
     /// (seconds, nanoseconds) of cyrus.index: "newer index" decides duplicates.
     index_mtime: Option<(i64, i64)>,
     pub(super) dir: PathBuf,
@@ -517,7 +520,7 @@ pub(super) fn read_dir(
                 false,
                 Some(name),
                 Some(&d.header_path),
-                format!("no cyrus.header: name taken from the path, ACL set to Cyrus's default for a new mailbox, no unique id; run `cyrkit reconstruct {name}` to recreate the header"),
+                format!("no cyrus.header: name taken from the path; unique id and ACL from the current database's entry, else a new unique id (as Cyrus's reconstruct makes one for a header it cannot read) and Cyrus's default ACL for a new mailbox; run `cyrkit reconstruct {name}` to recreate the header"),
             );
         }
         (
@@ -576,6 +579,7 @@ pub(super) fn read_dir(
         createdmodseq,
         highestmodseq,
         header_mtime,
+        header_read: header.is_some(),
         index_mtime,
         dir,
     })
@@ -801,6 +805,32 @@ fn build_plan(
         }
         by_name.remove(&lose);
     }
+    // Legacy directories without a unique id (no readable cyrus.header, or a header older
+    // than 2.4): the current database's entry for the name lends its unique id (and, with
+    // no header, its ACL); otherwise a new id, as `mailbox_reconstruct_create` makes one
+    // (`mailbox_make_uniqueid`) for a header it cannot read.
+    let mut taken: BTreeSet<Vec<u8>> = by_id.keys().cloned().collect();
+    taken.extend(old.ids.keys().cloned());
+    for (dbname, f) in by_name.iter_mut() {
+        let prior = old.names.get(dbname).filter(|e| {
+            !e.is_tombstone() && e.partition.as_deref() == Some(f.partition.as_bytes())
+        });
+        if !f.header_read {
+            if let Some(acl) = prior.and_then(|e| e.acl.clone()) {
+                f.acl = Some(acl);
+            }
+        }
+        if f.uniqueid.is_some() {
+            continue;
+        }
+        let id = prior
+            .and_then(|e| e.uniqueid.clone())
+            .filter(|id| !by_id.contains_key(id))
+            .unwrap_or_else(|| new_uniqueid(&taken));
+        taken.insert(id.clone());
+        by_id.insert(id.clone(), dbname.clone());
+        f.uniqueid = Some(id);
+    }
 
     let mut names: BTreeMap<Vec<u8>, MboxEntry> = BTreeMap::new();
     let mut ids: BTreeMap<Vec<u8>, MboxEntry> = BTreeMap::new();
@@ -945,8 +975,7 @@ fn build_plan(
     plan.tombstones = tombs.len();
 
     // Parents of user mailboxes that exist only as parents.
-    let mut taken: BTreeSet<Vec<u8>> = ids.keys().cloned().collect();
-    taken.extend(old.ids.keys().cloned());
+    taken.extend(ids.keys().cloned());
     let children: Vec<(MboxName, MbType, u64)> = by_name
         .values()
         .filter(|f| f.name.is_user_mailbox())

@@ -341,6 +341,96 @@ pub fn parse_legacy_file(file: &[u8]) -> Result<QuotaRecord, QuotaError> {
     parse_value(&value)
 }
 
+/// The limits that can still be read from a damaged record (a quotalegacy file or a
+/// database value that [`parse_value`] refuses), per resource, indexed by
+/// [`Resource::index`]; `None` where none can be read (or the limit is unlimited). Cyrus
+/// skips such a record (`quota_foreach` → `do_onequota` ignores what `quota_parseval`
+/// refuses), so its limits would be lost; `quota -f` rebuilds the record with these.
+///
+/// Lenient on purpose: in the dlist layout, the first `KEY ( used limit` of each resource
+/// key whose two numbers read (the rest of the record may be cut or damaged); in the 2.x
+/// layout, the leading `used limit` pair and `NAME used limit` groups.
+pub fn salvage_limits(record: &[u8]) -> [Option<u64>; 4] {
+    // A quotalegacy file ends with a newline whatever its content: not proof that the
+    // token before it is complete.
+    let record = match record.first() {
+        Some(b'%') => record.strip_suffix(b"\n").unwrap_or(record),
+        _ => record,
+    };
+    let mut out = [None; 4];
+    let mut seen = [false; 4];
+    let mut tokens: Vec<&[u8]> = Vec::new();
+    let mut start = None;
+    for (i, &c) in record.iter().enumerate() {
+        let sep = c.is_ascii_whitespace() || c == b'(' || c == b')' || c == b'%';
+        if sep {
+            if let Some(s) = start.take() {
+                tokens.extend(record.get(s..i));
+            }
+            if c == b'(' || c == b')' {
+                tokens.extend(record.get(i..=i));
+            }
+        } else if start.is_none() {
+            start = Some(i);
+        }
+    }
+    // A last token running to the end of a dlist record was cut (a complete one ends with
+    // `)`), so it may be a shortened number: not trusted. 2.x values end with a number.
+    if let (Some(s), false) = (start, record.first() == Some(&b'%')) {
+        tokens.extend(record.get(s..));
+    }
+    let resource = |t: &[u8]| {
+        Resource::ALL
+            .iter()
+            .copied()
+            .find(|r| r.db_key().eq_ignore_ascii_case(t))
+    };
+    let mut set = |r: Resource, limit: Option<u64>| {
+        if let (Some(slot), Some(done)) = (out.get_mut(r.index()), seen.get_mut(r.index())) {
+            if !*done {
+                *slot = limit;
+                *done = true;
+            }
+        }
+    };
+    let num = |t: Option<&&[u8]>| t.and_then(|t| dlist::parse_u64(t));
+    let limit = |t: Option<&&[u8]>| t.and_then(|t| parse_i64(t)).map(|l| u64::try_from(l).ok());
+    if record.first() == Some(&b'%') {
+        for (i, t) in tokens.iter().enumerate() {
+            let Some(r) = resource(t) else { continue };
+            if tokens.get(i + 1) != Some(&&b"("[..]) || num(tokens.get(i + 2)).is_none() {
+                continue;
+            }
+            if let Some(l) = num(tokens.get(i + 3)) {
+                set(r, Some(l));
+            }
+        }
+    } else {
+        let mut i = 0;
+        let mut r = Resource::Storage;
+        while i < tokens.len() {
+            match (num(tokens.get(i)), limit(tokens.get(i + 1))) {
+                (Some(_), Some(l)) => {
+                    set(r, l);
+                    i += 2;
+                    if num(tokens.get(i)).is_some() {
+                        i += 1; // a stray third number (quota_parseval skips it too)
+                    }
+                }
+                _ => i += 1,
+            }
+            match tokens.get(i).and_then(|t| resource(t)) {
+                Some(next) => {
+                    r = next;
+                    i += 1;
+                }
+                None => break,
+            }
+        }
+    }
+    out
+}
+
 /// The contents of a quotalegacy file for `q` (`mystore`: first space of a non-dlist
 /// value becomes LF, then a final LF).
 pub fn write_legacy_file(q: &QuotaRecord) -> Vec<u8> {
@@ -464,6 +554,57 @@ mod tests {
                 matches!(parse_value(bad), Err(QuotaError::BadLegacy { .. })),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn limits_are_salvaged_from_damaged_records() {
+        // Cut in the middle (no closing parens): STORAGE and MESSAGE limits still read.
+        assert_eq!(
+            salvage_limits(b"%(S (420 1000) M (1 50) AS (0"),
+            [Some(1000), Some(50), None, None]
+        );
+        // An intact record: every limit, SCAN counters (after the resources) aside.
+        let v = b"%(S (10 0) M (1) AS (0 7) NF (1 2) SCAN %(MBOX S S 5 M 1 AS 0 NF 2) MODSEQ 3)";
+        let q = parse_value(v).unwrap();
+        assert_eq!(salvage_limits(v), q.resources.map(|r| r.limit));
+        assert_eq!(salvage_limits(v), [Some(0), None, Some(7), Some(2)]);
+        // A number cut by the end of the record may be shortened: not taken.
+        assert_eq!(
+            salvage_limits(b"%(S (420 1000) M (1 5"),
+            [Some(1000), None, None, None]
+        );
+        // The same as a quotalegacy file (its final newline proves nothing).
+        assert_eq!(
+            salvage_limits(b"%(S (420 1000) M (1 5\n"),
+            [Some(1000), None, None, None]
+        );
+        // A damaged field elsewhere does not hide the others; a used-only list is unlimited.
+        assert_eq!(
+            salvage_limits(b"%(S (4x0 1000) M (1 50) AS (0) NF (6 9) MODSEQ 8)\n"),
+            [None, Some(50), None, Some(9)]
+        );
+        // SCAN counters are not limits.
+        assert_eq!(
+            salvage_limits(b"%(S (1) SCAN %(MBOX a S 5 M 7) M (2 3))"),
+            [None, Some(3), None, None]
+        );
+        // 2.x layouts: the pair over two lines, -1 unlimited, groups, garbage after.
+        assert_eq!(
+            salvage_limits(b"12345\n2000\n"),
+            [Some(2000), None, None, None]
+        );
+        assert_eq!(
+            salvage_limits(b"5 -1 M 2 10 \xff\xfe"),
+            [None, Some(10), None, None]
+        );
+        assert_eq!(
+            salvage_limits(b"5 100 7 M 2 10 Q"),
+            [Some(100), Some(10), None, None]
+        );
+        for junk in [&b""[..], b"%", b"(((", b"\x00\x01", b"%(S (", b"S ( 1 2"] {
+            let got = salvage_limits(junk);
+            assert!(got.iter().all(Option::is_none), "{junk:?}");
         }
     }
 

@@ -206,8 +206,27 @@ impl QuotaStore {
     }
 
     /// Lock root `root` for update (quotalegacy: its file; twoskip: the database) and read
-    /// it. `record` is `None` when the root does not exist.
+    /// it. `record` is `None` when the root does not exist; a record that does not parse is
+    /// an error.
     pub fn lock_root(&self, root: &[u8], timeout: Duration) -> Result<RootLock, QuotaStoreError> {
+        let rl = self.lock_root_for_repair(root, timeout)?;
+        match &rl.damaged {
+            Some(d) => Err(QuotaStoreError::Record {
+                path: rl.path.clone(),
+                root: String::from_utf8_lossy(root).into_owned(),
+                why: d.why.clone(),
+            }),
+            None => Ok(rl),
+        }
+    }
+
+    /// [`lock_root`](Self::lock_root), but a record that does not parse is returned as
+    /// [`RootLock::damaged`] (with `record` `None`) so that it can be rebuilt under the lock.
+    pub fn lock_root_for_repair(
+        &self,
+        root: &[u8],
+        timeout: Duration,
+    ) -> Result<RootLock, QuotaStoreError> {
         let path = match self {
             QuotaStore::Legacy(layout) => layout.quotalegacy_file(root)?,
             QuotaStore::Twoskip(p) => p.clone(),
@@ -219,6 +238,7 @@ impl QuotaStore {
                 path,
                 held: None,
                 record: None,
+                damaged: None,
             });
         };
         let io = |source| QuotaStoreError::Io {
@@ -229,15 +249,19 @@ impl QuotaStore {
             let map = db::map_file(held.file()).map_err(io)?;
             map.to_vec()
         };
-        let bad = |why: String| QuotaStoreError::Record {
-            path: path.clone(),
-            root: String::from_utf8_lossy(root).into_owned(),
-            why,
+        let mut damaged = None;
+        let mut check = |parsed: Result<QuotaRecord, quota::QuotaError>, raw: &[u8]| match parsed {
+            Ok(q) => Some(q),
+            Err(e) => {
+                damaged = Some(DamagedRecord {
+                    why: e.to_string(),
+                    raw: raw.to_vec(),
+                });
+                None
+            }
         };
         let record = match self {
-            QuotaStore::Legacy(_) => {
-                Some(quota::parse_legacy_file(&bytes).map_err(|e| bad(e.to_string()))?)
-            }
+            QuotaStore::Legacy(_) => check(quota::parse_legacy_file(&bytes), &bytes),
             QuotaStore::Twoskip(_) => {
                 let db = TwoskipDb::open(&bytes).map_err(|source| QuotaStoreError::Db {
                     path: path.clone(),
@@ -247,7 +271,7 @@ impl QuotaStore {
                     path: path.clone(),
                     source,
                 })? {
-                    Some(v) => Some(quota::parse_value(v).map_err(|e| bad(e.to_string()))?),
+                    Some(v) => check(quota::parse_value(v), v),
                     None => None,
                 }
             }
@@ -258,6 +282,7 @@ impl QuotaStore {
             path,
             held: Some((held, bytes)),
             record,
+            damaged,
         })
     }
 }
@@ -299,6 +324,18 @@ pub struct RootLock {
     held: Option<(FileLock, Vec<u8>)>,
     /// The record as read under the lock.
     pub record: Option<QuotaRecord>,
+    /// The stored record when it does not parse (only from
+    /// [`QuotaStore::lock_root_for_repair`]).
+    pub damaged: Option<DamagedRecord>,
+}
+
+/// A stored quota record that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRecord {
+    /// What the parser said.
+    pub why: String,
+    /// The stored bytes (file contents or database value).
+    pub raw: Vec<u8>,
 }
 
 impl RootLock {
@@ -329,6 +366,7 @@ impl RootLock {
             }
         }
         self.record = Some(q);
+        self.damaged = None;
         Ok(())
     }
 
@@ -365,7 +403,8 @@ impl RootLock {
     }
 
     /// Run one twoskip transaction in place, in `mycommit`'s order: dirty header + fsync,
-    /// records + fsync, committed header + fsync.
+    /// records + fsync, committed header + fsync. A file a killed writer left dirty (or
+    /// longer than its committed size) is first recovered: see [`Self::twoskip_rewrite`].
     fn twoskip_apply(&mut self, existing: Vec<u8>, ops: &[Op<'_>]) -> Result<(), QuotaStoreError> {
         use std::os::unix::fs::FileExt;
         let path = self.path.clone();
@@ -377,12 +416,17 @@ impl RootLock {
             path: path.clone(),
             source,
         };
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            | 1;
-        let mut rng = LevelRng::new(seed);
+        let db = TwoskipDb::open_with_order(&existing, KeyOrder::Raw).map_err(dberr)?;
+        if !db.is_clean() {
+            let generation = db.header().generation;
+            let pairs = db
+                .iter()
+                .map(|p| p.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(dberr)?;
+            return self.twoskip_rewrite(pairs, generation, ops);
+        }
+        let mut rng = LevelRng::new(level_seed());
         let Some(txn) =
             twoskip::append_transaction(&existing, ops, KeyOrder::Raw, &mut rng).map_err(dberr)?
         else {
@@ -406,6 +450,59 @@ impl RootLock {
         *bytes = txn.apply(&existing);
         Ok(())
     }
+
+    /// Recovery of a twoskip file a killed writer left dirty: the committed pairs (what
+    /// every reader sees: records past `current_size` and pointers to them are ignored)
+    /// with `ops` applied, written as a new file of the next generation and renamed over
+    /// the old one, as Cyrus's checkpoint (`mycheckpoint`) replaces the file; a Cyrus
+    /// process that locks the old file sees the inode change and reopens. The lock is then
+    /// taken again on the new file.
+    fn twoskip_rewrite(
+        &mut self,
+        mut pairs: Vec<(Vec<u8>, Vec<u8>)>,
+        generation: u64,
+        ops: &[Op<'_>],
+    ) -> Result<(), QuotaStoreError> {
+        let path = self.path.clone();
+        for op in ops {
+            match op {
+                Op::Set(k, v) => match pairs.iter_mut().find(|(pk, _)| pk.as_slice() == *k) {
+                    Some(slot) => slot.1 = v.to_vec(),
+                    None => pairs.push((k.to_vec(), v.to_vec())),
+                },
+                Op::Delete(k) => pairs.retain(|(pk, _)| pk.as_slice() != *k),
+            }
+        }
+        pairs.sort_by(|a, b| KeyOrder::Raw.compare(&a.0, &b.0));
+        let opts = twoskip::FreshOptions {
+            generation: generation.saturating_add(1),
+            order: KeyOrder::Raw,
+            seed: level_seed(),
+        };
+        let fresh = twoskip::write_fresh(&pairs, &opts).map_err(|source| QuotaStoreError::Db {
+            path: path.clone(),
+            source,
+        })?;
+        crate::spool::atomic::replace(&path, &fresh)?;
+        let held = lock_current(&path, RELOCK_TIMEOUT)?.ok_or_else(|| self.missing())?;
+        let bytes = db::map_file(held.file())
+            .map(|m| m.to_vec())
+            .map_err(|source| QuotaStoreError::Io { path, source })?;
+        self.held = Some((held, bytes));
+        Ok(())
+    }
+}
+
+/// How long to wait for the lock on a twoskip file just replaced by recovery.
+const RELOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A seed for twoskip node levels (any odd number will do; varied so files differ).
+fn level_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1
 }
 
 /// Adds one mailbox's change of usage (`new - old`) to its quota root under the root's
@@ -549,16 +646,97 @@ mod tests {
         assert!(!l.quotalegacy_file(b"user.bob").unwrap().exists());
     }
 
+    /// A config with `quota_db: twoskip` below `dir`, its config directory made.
+    fn twoskip_layout(dir: &Path) -> (Config, Layout) {
+        let conf = format!(
+            "configdirectory: {0}/conf\npartition-default: {0}/spool\nquota_db: twoskip\n",
+            dir.display()
+        );
+        let c = Config::parse(conf.as_bytes(), dir).unwrap();
+        let l = Layout::from_config(&c).unwrap();
+        std::fs::create_dir_all(l.quotas_db().parent().unwrap()).unwrap();
+        (c, l)
+    }
+
+    /// A writer killed inside its transaction (dirty header written, some or all of its
+    /// records, no commit) leaves a file the in-place writer refuses; the next write
+    /// recovers it: the committed state plus the new value, in a clean file.
+    #[test]
+    fn twoskip_left_dirty_by_a_killed_writer_is_recovered_on_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (c, l) = twoskip_layout(tmp.path());
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..20)
+            .map(|i| {
+                let v = format!("%(S ({i} 100) M (1) AS (0) NF (1) MODSEQ 3)");
+                (format!("user.u{i:02}").into_bytes(), v.into_bytes())
+            })
+            .collect();
+        let file = twoskip::write_fresh(&pairs, &Default::default()).unwrap();
+        let newv = b"%(S (999 100) M (1) AS (0) NF (1) MODSEQ 4)";
+        let txn = twoskip::append_transaction(
+            &file,
+            &[Op::Set(b"user.u07", newv), Op::Delete(b"user.u03")],
+            KeyOrder::Raw,
+            &mut LevelRng::new(7),
+        )
+        .unwrap()
+        .unwrap();
+        for done in 0..=txn.writes.len() {
+            // The killed writer's leftovers: dirty header and the first `done` writes.
+            let mut crashed = file.clone();
+            crashed.resize(crashed.len().max(txn.new_len as usize), 0);
+            crashed[..txn.dirty_header.len()].copy_from_slice(&txn.dirty_header);
+            for (off, w) in txn.writes.iter().take(done) {
+                let off = *off as usize;
+                crashed[off..off + w.len()].copy_from_slice(w);
+            }
+            if done < txn.writes.len() {
+                crashed.truncate(
+                    file.len().max(
+                        txn.writes
+                            .iter()
+                            .take(done)
+                            .map(|(o, w)| *o as usize + w.len())
+                            .max()
+                            .unwrap_or(0),
+                    ),
+                );
+            }
+            std::fs::write(l.quotas_db(), &crashed).unwrap();
+            let store = QuotaStore::open(&c, &l).unwrap();
+            let mut held = store
+                .lock_root(b"user.u11", Duration::from_secs(1))
+                .unwrap();
+            let mut q = held.record.clone().unwrap();
+            assert_eq!(q.get(quota::Resource::Storage).used, 11, "committed view");
+            q.get_mut(quota::Resource::Storage).used = 5;
+            held.write(&q).unwrap();
+            // A second write through the same lock goes to the new file.
+            q.get_mut(quota::Resource::Storage).used = 6;
+            held.write(&q).unwrap();
+            drop(held);
+            let bytes = std::fs::read(l.quotas_db()).unwrap();
+            assert!(
+                TwoskipDb::open(&bytes).unwrap().is_clean(),
+                "after {done} writes"
+            );
+            let got = db::read_db(l.quotas_db(), DbBackend::Twoskip, Duration::from_secs(1))
+                .unwrap()
+                .unwrap();
+            assert!(got.problems.is_empty(), "{:?}", got.problems);
+            let mut want = pairs.clone();
+            want[11].1 = b"%(S (6 100) M (1) AS (0) NF (1) MODSEQ 3)".to_vec();
+            assert_eq!(
+                got.pairs, want,
+                "after {done} of the killed writer's writes"
+            );
+        }
+    }
+
     #[test]
     fn twoskip_root_update_and_delete_in_place() {
         let tmp = tempfile::tempdir().unwrap();
-        let conf = format!(
-            "configdirectory: {0}/conf\npartition-default: {0}/spool\nquota_db: twoskip\n",
-            tmp.path().display()
-        );
-        let c = Config::parse(conf.as_bytes(), tmp.path()).unwrap();
-        let l = Layout::from_config(&c).unwrap();
-        std::fs::create_dir_all(l.quotas_db().parent().unwrap()).unwrap();
+        let (c, l) = twoskip_layout(tmp.path());
         let v1 = b"%(S (10 100) M (1) AS (0) NF (1) MODSEQ 3)".to_vec();
         let v2 = b"%(S (5) M (1) AS (0) NF (1) MODSEQ 0)".to_vec();
         let pairs = vec![(b"shared".to_vec(), v2.clone()), (b"user.a".to_vec(), v1)];

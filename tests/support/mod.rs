@@ -7,3 +7,4 @@ pub mod pop3;
 pub mod postfix;
 pub mod saslauthd;
 pub mod serve;
+pub mod spool;
