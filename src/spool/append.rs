@@ -362,6 +362,44 @@ impl SpoolContext {
         Ok(())
     }
 
+    /// Remove the stage files a killed delivery process left behind: `<pid>-<time>-<n>`
+    /// in every partition's `stage.` directory whose `<pid>` is no longer running (Cyrus's
+    /// lmtpd names its stage files the same way, so a live Cyrus process keeps its own).
+    /// A stage file is only a staging link: every mailbox copy is its own hard link, so
+    /// removing it never removes mail. Returns how many were removed.
+    pub fn remove_orphan_stage_files(&self) -> usize {
+        let mut removed = 0;
+        for root in self.config.partitions().values() {
+            let dir = root.join("stage.");
+            let Ok(m) = std::fs::symlink_metadata(&dir) else {
+                continue;
+            };
+            if !m.is_dir() {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|n| n.split('-').next())
+                    .and_then(|p| p.parse::<i32>().ok())
+                    .filter(|p| *p > 0)
+                else {
+                    continue;
+                };
+                let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                    .map_or_else(|e| e == nix::errno::Errno::EPERM, |()| true);
+                if !alive && std::fs::remove_file(e.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
     /// Directory for stage files on a partition (`<partition>/stage./`, created on demand
     /// with the partition directory's owner, as lmtpd's `append_newstage` does).
     pub fn stage_dir(&self, partition: &str) -> Result<PathBuf, AppendError> {
@@ -1243,6 +1281,30 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), AppendError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_files_of_dead_processes_are_removed_live_ones_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "configdirectory: {0}/conf\npartition-default: {0}/spool\n",
+            tmp.path().display()
+        );
+        std::fs::create_dir_all(tmp.path().join("conf")).unwrap();
+        let stage = tmp.path().join("spool/stage.");
+        std::fs::create_dir_all(&stage).unwrap();
+        // A pid above the kernel's pid_max cannot be running.
+        let dead = stage.join("99999999-1700000000-0");
+        let live = stage.join(format!("{}-1700000000-0", std::process::id()));
+        let other = stage.join("not-a-stage-file");
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let c = Config::parse(conf.as_bytes(), tmp.path()).unwrap();
+        let ctx = SpoolContext::open(Arc::new(c)).unwrap();
+        assert_eq!(ctx.remove_orphan_stage_files(), 1);
+        assert!(!dead.exists());
+        assert!(live.exists() && other.exists());
+    }
 
     #[test]
     fn header_value_takes_the_first_unfolded_value() {

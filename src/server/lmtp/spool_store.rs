@@ -43,6 +43,10 @@ impl SpoolStore {
         if let Some(what) = ctx.unsupported_settings() {
             anyhow::bail!("cannot deliver into this spool: {what}");
         }
+        let orphans = ctx.remove_orphan_stage_files();
+        if orphans > 0 {
+            log::info!("removed {orphans} stage file(s) left by delivery processes that died");
+        }
         Ok(SpoolStore {
             ctx,
             strict_quota,
