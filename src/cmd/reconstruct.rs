@@ -831,6 +831,32 @@ impl std::hash::Hasher for KeyHasher {
 
 type ParseMap = HashMap<ParseKey, Parsed, std::hash::BuildHasherDefault<KeyHasher>>;
 
+/// Parse results by file identity. The bulk (from [`Parser::prefetch`]) is a vector sorted
+/// by key, sized exactly: a hash map of 100 000s of them would cost up to twice the bytes
+/// (its table is a power of two at most 7/8 full: 2^21 slots of 104 bytes for 1M
+/// messages). The few files parsed one at a time go to a small map.
+#[derive(Default)]
+struct ParseResults {
+    sorted: Vec<(ParseKey, Parsed)>,
+    more: ParseMap,
+}
+
+impl ParseResults {
+    fn get(&self, key: &ParseKey) -> Option<&Parsed> {
+        match self.sorted.binary_search_by(|(k, _)| k.cmp(key)) {
+            Ok(i) => self.sorted.get(i).map(|(_, p)| p),
+            Err(_) => self.more.get(key),
+        }
+    }
+
+    /// Adds a batch; keys already present stay findable (equal keys are the same file).
+    fn extend(&mut self, batch: Vec<(ParseKey, Parsed)>) {
+        self.sorted.reserve_exact(batch.len());
+        self.sorted.extend(batch);
+        self.sorted.sort_unstable_by_key(|e| e.0);
+    }
+}
+
 /// What a plan needs of a parsed message file: the record's fields, and where its cache
 /// entry waits in the mailbox's [`Spill`] (entries are not kept in memory).
 #[derive(Debug, Clone, Copy)]
@@ -854,7 +880,7 @@ struct Parser<'a> {
     /// The data directory, and an open descriptor of it when it could be opened: message
     /// files (all from its listing) are opened relative to it.
     dir: (&'a std::path::Path, Option<DirFd>),
-    done: ParseMap,
+    done: ParseResults,
     buf: Vec<u8>,
 }
 
@@ -936,9 +962,8 @@ impl Parser<'_> {
         let todo: Vec<&MessageFile> = files
             .iter()
             .copied()
-            .filter(|f| !self.done.contains_key(&parse_key(f)))
+            .filter(|f| self.done.get(&parse_key(f)).is_none())
             .collect();
-        self.done.reserve(todo.len());
         let (opts, spill, dir) = (self.opts, &*self.spill, (self.dir.0, self.dir.1.as_ref()));
         let parsed: Vec<Vec<Option<Parsed>>> = todo
             .par_chunks(PREFETCH_CHUNK)
@@ -958,11 +983,14 @@ impl Parser<'_> {
                 ps
             })
             .collect();
+        let mut batch = Vec::with_capacity(todo.len());
         for (f, p) in todo.iter().zip(parsed.into_iter().flatten()) {
             if let Some(p) = p {
-                self.done.insert(parse_key(f), p);
+                batch.push((parse_key(f), p));
             }
         }
+        drop(todo);
+        self.done.extend(batch);
     }
 
     fn parse(&mut self, f: &MessageFile) -> std::io::Result<Parsed> {
@@ -979,7 +1007,7 @@ impl Parser<'_> {
             &mut entry,
         )?;
         p.entry_off = self.spill.append(&entry)?;
-        self.done.insert(key, p);
+        self.done.more.insert(key, p);
         Ok(p)
     }
 }
@@ -1039,7 +1067,7 @@ impl Env<'_> {
             opts: &self.opts.parse,
             spill: Arc::new(spill),
             dir: (&files.data_dir, DirFd::open(&files.data_dir).ok()),
-            done: ParseMap::default(),
+            done: ParseResults::default(),
             buf: Vec::new(),
         };
         let ctx = PlanCtx {
@@ -2455,6 +2483,30 @@ mod tests {
         let mut odd = base();
         odd.listing.odd.push(PathBuf::from("/d/x"));
         assert!(!key.matches(&odd));
+    }
+
+    #[test]
+    fn parse_results_find_batches_and_single_files() {
+        let parsed = |off: u64| Parsed {
+            guid: [0; 20],
+            size: 1,
+            header_size: 0,
+            sentdate: 0,
+            gmtime: 0,
+            entry_off: off,
+            entry_len: 0,
+            entry_crc: 0,
+        };
+        let mut r = ParseResults::default();
+        r.extend(vec![((1, 9, 0, 0), parsed(9)), ((1, 2, 0, 0), parsed(2))]);
+        r.extend(vec![((1, 5, 0, 0), parsed(5))]);
+        r.more.insert((2, 1, 0, 0), parsed(21));
+        let off = |k: ParseKey| r.get(&k).map(|p| p.entry_off);
+        assert_eq!(off((1, 2, 0, 0)), Some(2));
+        assert_eq!(off((1, 5, 0, 0)), Some(5));
+        assert_eq!(off((1, 9, 0, 0)), Some(9));
+        assert_eq!(off((2, 1, 0, 0)), Some(21));
+        assert_eq!(off((1, 9, 1, 0)), None);
     }
 
     #[test]
