@@ -144,7 +144,32 @@ pub struct Change {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
     /// The report line as printed.
-    pub line: String,
+    pub line: Line,
+}
+
+/// A report line. The one printed per message added to a mailbox whose index is lost is kept
+/// as its facts (the mailbox name shared), not as a `String` each (~50 bytes per message);
+/// it prints and serialises to the same text.
+#[derive(Debug, Clone)]
+pub enum Line {
+    Text(String),
+    /// `{name} uid {uid} found - adding`
+    Found(Arc<str>, u32),
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Line::Text(t) => f.write_str(t),
+            Line::Found(name, uid) => write!(f, "{name} uid {uid} found - adding"),
+        }
+    }
+}
+
+impl Serialize for Line {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// The outcome for one mailbox.
@@ -859,6 +884,32 @@ impl std::hash::Hasher for KeyHasher {
 
 type ParseMap = HashMap<ParseKey, Parsed, std::hash::BuildHasherDefault<KeyHasher>>;
 
+/// Parse results by file identity. The bulk (from [`Parser::prefetch`]) is a vector sorted
+/// by key, sized exactly: a hash map of 100 000s of them would cost up to twice the bytes
+/// (its table is a power of two at most 7/8 full: 2^21 slots of 104 bytes for 1M
+/// messages). The few files parsed one at a time go to a small map.
+#[derive(Default)]
+struct ParseResults {
+    sorted: Vec<(ParseKey, Parsed)>,
+    more: ParseMap,
+}
+
+impl ParseResults {
+    fn get(&self, key: &ParseKey) -> Option<&Parsed> {
+        match self.sorted.binary_search_by(|(k, _)| k.cmp(key)) {
+            Ok(i) => self.sorted.get(i).map(|(_, p)| p),
+            Err(_) => self.more.get(key),
+        }
+    }
+
+    /// Adds a batch; keys already present stay findable (equal keys are the same file).
+    fn extend(&mut self, batch: Vec<(ParseKey, Parsed)>) {
+        self.sorted.reserve_exact(batch.len());
+        self.sorted.extend(batch);
+        self.sorted.sort_unstable_by_key(|e| e.0);
+    }
+}
+
 /// What a plan needs of a parsed message file: the record's fields, and where its cache
 /// entry waits in the mailbox's [`Spill`] (entries are not kept in memory).
 #[derive(Debug, Clone, Copy)]
@@ -879,10 +930,10 @@ struct Parsed {
 struct Parser<'a> {
     opts: &'a crate::mime::ParseOptions,
     spill: Arc<Spill>,
-    /// The data directory, when it could be opened: message files (all from its listing) are
-    /// opened relative to it.
-    dir: Option<DirFd>,
-    done: ParseMap,
+    /// The data directory, and an open descriptor of it when it could be opened: message
+    /// files (all from its listing) are opened relative to it.
+    dir: (&'a std::path::Path, Option<DirFd>),
+    done: ParseResults,
     buf: Vec<u8>,
 }
 
@@ -903,23 +954,17 @@ impl Parser<'_> {
     /// what count).
     fn parse_file(
         opts: &crate::mime::ParseOptions,
-        dir: Option<&DirFd>,
+        dir: (&std::path::Path, Option<&DirFd>),
         f: &MessageFile,
         buf: &mut Vec<u8>,
         entries: &mut Vec<u8>,
     ) -> std::io::Result<Parsed> {
         use std::io::Read;
         let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
-        // The last component, without `Path::file_name`'s component parsing: the path is the
-        // data directory joined with a listed entry name, which has no `/`.
-        let name = {
-            use std::os::unix::ffi::OsStrExt;
-            let b = f.path.as_os_str().as_bytes();
-            std::ffi::OsStr::from_bytes(b.rsplit(|&c| c == b'/').next().unwrap_or(b))
-        };
+        let name = f.name();
         let mut file = match dir {
-            Some(d) if !name.is_empty() => d.open_file(name)?,
-            _ => std::fs::File::open(&f.path)?,
+            (_, Some(d)) => d.open_file(std::ffi::OsStr::new(&name))?,
+            (path, None) => std::fs::File::open(path.join(&name))?,
         };
         let want = usize::try_from(f.size).unwrap_or(0).saturating_add(1);
         if buf.len() < want {
@@ -970,10 +1015,9 @@ impl Parser<'_> {
         let todo: Vec<&MessageFile> = files
             .iter()
             .copied()
-            .filter(|f| !self.done.contains_key(&parse_key(f)))
+            .filter(|f| self.done.get(&parse_key(f)).is_none())
             .collect();
-        self.done.reserve(todo.len());
-        let (opts, spill, dir) = (self.opts, &*self.spill, self.dir.as_ref());
+        let (opts, spill, dir) = (self.opts, &*self.spill, (self.dir.0, self.dir.1.as_ref()));
         let parsed: Vec<Vec<Option<Parsed>>> = todo
             .par_chunks(PREFETCH_CHUNK)
             .map_init(Vec::new, |buf, chunk| {
@@ -992,11 +1036,14 @@ impl Parser<'_> {
                 ps
             })
             .collect();
+        let mut batch = Vec::with_capacity(todo.len());
         for (f, p) in todo.iter().zip(parsed.into_iter().flatten()) {
             if let Some(p) = p {
-                self.done.insert(parse_key(f), p);
+                batch.push((parse_key(f), p));
             }
         }
+        drop(todo);
+        self.done.extend(batch);
     }
 
     fn parse(&mut self, f: &MessageFile) -> std::io::Result<Parsed> {
@@ -1005,9 +1052,15 @@ impl Parser<'_> {
             return Ok(*p);
         }
         let mut entry = Vec::new();
-        let mut p = Self::parse_file(self.opts, self.dir.as_ref(), f, &mut self.buf, &mut entry)?;
+        let mut p = Self::parse_file(
+            self.opts,
+            (self.dir.0, self.dir.1.as_ref()),
+            f,
+            &mut self.buf,
+            &mut entry,
+        )?;
         p.entry_off = self.spill.append(&entry)?;
-        self.done.insert(key, p);
+        self.done.more.insert(key, p);
         Ok(p)
     }
 }
@@ -1067,8 +1120,8 @@ impl Env<'_> {
         let mut parse = Parser {
             opts: &self.opts.parse,
             spill: Arc::new(spill),
-            dir: DirFd::open(&files.data_dir).ok(),
-            done: ParseMap::default(),
+            dir: (&files.data_dir, DirFd::open(&files.data_dir).ok()),
+            done: ParseResults::default(),
             buf: Vec::new(),
         };
         let ctx = PlanCtx {
@@ -1158,44 +1211,51 @@ impl Env<'_> {
 }
 
 /// A [`Snapshot`] reduced to what decides whether a plan made from it still holds: the
-/// metadata files' bytes and, per message file, its UID, name length (which, with the UID,
-/// determines the name: `0123.` and `123.` are both UID 123), size, mtime and identity;
-/// the odd files as they are. 40 bytes per message instead of a listing entry's ~170.
+/// header's bytes, the cache's identity, the odd files as they are, and SHA-1 digests (with
+/// lengths) of the index's bytes and of the listing: per message file its UID, name length
+/// (which, with the UID, determines the name: `0123.` and `123.` are both UID 123), size,
+/// mtime and identity. Digests, not copies: the index (104 bytes per message) and the listing
+/// keys (40 bytes per message) would otherwise be held next to the second snapshot. The data
+/// digested is this host's own files, not chosen to collide by whoever could also change
+/// them under the lock's nose: a collision would need a SHA-1 chosen-prefix attack on bytes
+/// the attacker does not control.
 #[derive(Debug)]
 struct SnapshotKey {
     header: Option<Vec<u8>>,
-    index: Option<Vec<u8>>,
+    index: Option<(usize, [u8; 20])>,
     cache: Option<CacheFile>,
-    messages: Vec<MessageKey>,
+    messages: (usize, [u8; 20]),
     odd: Vec<PathBuf>,
 }
 
-/// uid, name length, size, mtime, dev, ino.
-type MessageKey = (u32, u32, u64, i64, u64, u64);
+fn sha1_of(bytes: &[u8]) -> [u8; 20] {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(bytes).into()
+}
 
-fn message_keys(listing: &mailbox::DirListing) -> impl Iterator<Item = MessageKey> + '_ {
-    use std::os::unix::ffi::OsStrExt;
-    listing.messages.values().map(|f| {
-        let path = f.path.as_os_str().as_bytes();
-        let name_len = path.rsplit(|&c| c == b'/').next().map_or(0, <[u8]>::len);
-        (
-            f.uid,
-            u32::try_from(name_len).unwrap_or(u32::MAX),
-            f.size,
-            f.mtime,
-            f.dev,
-            f.ino,
-        )
-    })
+/// The digest of the message files of a listing, in UID order: for each, uid, name length,
+/// size, mtime, dev and ino as fixed-width little-endian fields.
+fn listing_digest(listing: &mailbox::DirListing) -> (usize, [u8; 20]) {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    for f in listing.messages.values() {
+        h.update(f.uid.to_le_bytes());
+        h.update(f.name_len.to_le_bytes());
+        h.update(f.size.to_le_bytes());
+        h.update(f.mtime.to_le_bytes());
+        h.update(f.dev.to_le_bytes());
+        h.update(f.ino.to_le_bytes());
+    }
+    (listing.messages.len(), h.finalize().into())
 }
 
 impl SnapshotKey {
     fn of(s: Snapshot) -> SnapshotKey {
         SnapshotKey {
-            messages: message_keys(&s.listing).collect(),
+            messages: listing_digest(&s.listing),
             odd: s.listing.odd,
             header: s.header,
-            index: s.index,
+            index: s.index.as_deref().map(|b| (b.len(), sha1_of(b))),
             cache: s.cache,
         }
     }
@@ -1203,11 +1263,10 @@ impl SnapshotKey {
     /// Whether `s` is the snapshot this key was made of (same bytes, same files).
     fn matches(&self, s: &Snapshot) -> bool {
         self.header == s.header
-            && self.index == s.index
+            && self.index == s.index.as_deref().map(|b| (b.len(), sha1_of(b)))
             && self.cache == s.cache
             && self.odd == s.listing.odd
-            && self.messages.len() == s.listing.messages.len()
-            && self.messages.iter().copied().eq(message_keys(&s.listing))
+            && self.messages == listing_digest(&s.listing)
     }
 }
 
@@ -1253,7 +1312,11 @@ struct Plan {
 
 impl Plan {
     fn say(&mut self, kind: &'static str, uid: Option<u32>, line: String) {
-        self.changes.push(Change { kind, uid, line });
+        self.changes.push(Change {
+            kind,
+            uid,
+            line: Line::Text(line),
+        });
     }
 }
 
@@ -1641,9 +1704,9 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                 records.push(&r, false)?;
                 continue; // -s: nothing to parse
             };
-            let parsed = parse
-                .parse(f)
-                .with_context(|| format!("reading {}", f.path.display()))?;
+            let parsed = parse.parse(f).with_context(|| {
+                format!("reading {}", ctx.files.data_dir.join(f.name()).display())
+            })?;
             p.messages += 1;
             if parsed.guid != r.guid {
                 let mut changed = false;
@@ -1679,7 +1742,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                     r.internal_flags |=
                         index::FLAG_INTERNAL_EXPUNGED | index::FLAG_INTERNAL_UNLINKED;
                     changed = true;
-                    p.files.removals.push(f.path.clone());
+                    p.files.removals.push(ctx.files.data_dir.join(f.name()));
                 } else {
                     p.say(
                         "guid-mismatch-hint",
@@ -1810,7 +1873,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                 Some(uid),
                 format!("{name} uid {uid} is another name of uid {twin}, removing this name"),
             );
-            p.files.removals.push(f.path.clone());
+            p.files.removals.push(ctx.files.data_dir.join(f.name()));
         } else {
             discovered.push(uid);
         }
@@ -1841,7 +1904,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         }
         let parsed = parse
             .parse(f)
-            .with_context(|| format!("reading {}", f.path.display()))?;
+            .with_context(|| format!("reading {}", ctx.files.data_dir.join(f.name()).display()))?;
         p.messages += 1;
         let m = &parsed;
         let internaldate = u64::try_from(f.mtime).unwrap_or(0);
@@ -1869,12 +1932,13 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         )?;
         Ok(true)
     };
+    let shared_name: Arc<str> = Arc::from(name);
     for uid in found {
-        p.say(
-            "found",
-            Some(uid),
-            format!("{name} uid {uid} found - adding"),
-        );
+        p.changes.push(Change {
+            kind: "found",
+            uid: Some(uid),
+            line: Line::Found(shared_name.clone(), uid),
+        });
         if add(uid, uid, &mut p, &mut new_cache, &mut records)? {
             last_uid = last_uid.max(uid);
         }
@@ -2445,7 +2509,7 @@ mod tests {
     fn snapshot_key_sees_every_change_of_the_listing() {
         let file = |uid: u32, name: &str, size: u64| mailbox::MessageFile {
             uid,
-            path: PathBuf::from(format!("/d/{name}")),
+            name_len: u16::try_from(name.len()).unwrap(),
             size,
             mtime: 7,
             dev: 1,
@@ -2456,7 +2520,7 @@ mod tests {
             index: None,
             cache: None,
             listing: mailbox::DirListing {
-                messages: files.into_iter().map(|f| (f.uid, f)).collect(),
+                messages: files.into_iter().collect(),
                 odd: Vec::new(),
             },
         };
@@ -2470,9 +2534,58 @@ mod tests {
         let mut other = base();
         other.index = Some(Vec::new());
         assert!(!key.matches(&other));
+        let indexed = |bytes: &[u8]| {
+            let mut s = base();
+            s.index = Some(bytes.to_vec());
+            s
+        };
+        let key = SnapshotKey::of(indexed(b"abcd"));
+        assert!(key.matches(&indexed(b"abcd")));
+        assert!(!key.matches(&indexed(b"abce")));
+        assert!(!key.matches(&indexed(b"abc")));
+        assert!(!key.matches(&base()));
         let mut odd = base();
         odd.listing.odd.push(PathBuf::from("/d/x"));
         assert!(!key.matches(&odd));
+    }
+
+    #[test]
+    fn found_lines_print_and_serialise_as_text() {
+        let found = Line::Found(Arc::from("user.bob"), 7);
+        let text = Line::Text("user.bob uid 7 found - adding".into());
+        assert_eq!(found.to_string(), text.to_string());
+        assert_eq!(
+            serde_json::to_string(&found).unwrap(),
+            "\"user.bob uid 7 found - adding\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Line::Found(Arc::from("a\"b"), 1)).unwrap(),
+            serde_json::to_string("a\"b uid 1 found - adding").unwrap()
+        );
+    }
+
+    #[test]
+    fn parse_results_find_batches_and_single_files() {
+        let parsed = |off: u64| Parsed {
+            guid: [0; 20],
+            size: 1,
+            header_size: 0,
+            sentdate: 0,
+            gmtime: 0,
+            entry_off: off,
+            entry_len: 0,
+            entry_crc: 0,
+        };
+        let mut r = ParseResults::default();
+        r.extend(vec![((1, 9, 0, 0), parsed(9)), ((1, 2, 0, 0), parsed(2))]);
+        r.extend(vec![((1, 5, 0, 0), parsed(5))]);
+        r.more.insert((2, 1, 0, 0), parsed(21));
+        let off = |k: ParseKey| r.get(&k).map(|p| p.entry_off);
+        assert_eq!(off((1, 2, 0, 0)), Some(2));
+        assert_eq!(off((1, 5, 0, 0)), Some(5));
+        assert_eq!(off((1, 9, 0, 0)), Some(9));
+        assert_eq!(off((2, 1, 0, 0)), Some(21));
+        assert_eq!(off((1, 9, 1, 0)), None);
     }
 
     #[test]

@@ -8,7 +8,6 @@
 //! order in which a repair's files become durable ([`commit`]). It does not decide what a
 //! repair changes; that is the command's plan.
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -114,11 +113,15 @@ impl MailboxFiles {
     }
 }
 
-/// A message file found in the data directory.
+/// A message file found in the data directory: 40 bytes (a big mailbox lists 100 000s,
+/// twice per repair), its name not stored but rebuilt from the UID and the name's length
+/// ([`MessageFile::name`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageFile {
     pub uid: u32,
-    pub path: PathBuf,
+    /// The length of the file's name, which with the UID determines it: `0123.` and `123.`
+    /// are both UID 123.
+    pub name_len: u16,
     pub size: u64,
     /// Modification time in seconds (Cyrus sets it to the internaldate on append).
     pub mtime: i64,
@@ -126,11 +129,78 @@ pub struct MessageFile {
     pub ino: u64,
 }
 
+impl MessageFile {
+    /// The file's name in the data directory: the UID zero-padded to the listed length, and
+    /// a dot.
+    pub fn name(&self) -> String {
+        let width = usize::from(self.name_len).saturating_sub(1);
+        format!("{:0width$}.", self.uid)
+    }
+}
+
+/// The message files of a data directory, sorted by UID (one per UID), in a flat vector:
+/// a tree of them would cost twice the bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Messages(Vec<MessageFile>);
+
+impl Messages {
+    pub fn get(&self, uid: &u32) -> Option<&MessageFile> {
+        let i = self.0.binary_search_by_key(uid, |f| f.uid).ok()?;
+        self.0.get(i)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &u32> + '_ {
+        self.0.iter().map(|f| &f.uid)
+    }
+
+    pub fn values(&self) -> std::slice::Iter<'_, MessageFile> {
+        self.0.iter()
+    }
+}
+
+/// Collects files in any order; of two names of one UID (`0123.`, `123.`) the later one is
+/// kept, as inserting both into a map by UID would.
+impl FromIterator<MessageFile> for Messages {
+    fn from_iter<I: IntoIterator<Item = MessageFile>>(iter: I) -> Messages {
+        let mut v: Vec<MessageFile> = iter.into_iter().collect();
+        v.sort_by_key(|f| f.uid); // stable: equal UIDs stay in arrival order
+        v.dedup_by(|later, kept| {
+            if later.uid == kept.uid {
+                std::mem::swap(later, kept);
+                true
+            } else {
+                false
+            }
+        });
+        v.shrink_to_fit();
+        Messages(v)
+    }
+}
+
+type MessageEntry<'a> = (&'a u32, &'a MessageFile);
+
+impl<'a> IntoIterator for &'a Messages {
+    type Item = MessageEntry<'a>;
+    type IntoIter =
+        std::iter::Map<std::slice::Iter<'a, MessageFile>, fn(&'a MessageFile) -> MessageEntry<'a>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter().map(|f| (&f.uid, f))
+    }
+}
+
 /// What a mailbox data directory holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirListing {
     /// Message files (`^[0-9]+\.$`) by UID.
-    pub messages: BTreeMap<u32, MessageFile>,
+    pub messages: Messages,
     /// Entries that are neither messages, nor `cyrus.*`, nor dot files, nor directories
     /// (Cyrus's "odd files"), sorted by name.
     pub odd: Vec<PathBuf>,
@@ -207,6 +277,7 @@ pub fn list_dir(dir: &Path) -> io::Result<DirListing> {
             Some((st.st_mode, st.st_size, st.st_mtime, st.st_dev, st.st_ino))
         })
         .collect();
+    let mut messages = Vec::new();
     for (name, st) in names.into_iter().zip(stats) {
         let Some((mode, size, mtime, dev, ino)) = st else {
             continue;
@@ -215,24 +286,20 @@ pub fn list_dir(dir: &Path) -> io::Result<DirListing> {
         if fmt == libc::S_IFDIR {
             continue; // child mailboxes (legacy layout)
         }
-        let path = dir.join(&name);
-        match paths::parse_message_file_name(name.as_bytes()) {
-            Some(uid) if fmt == libc::S_IFREG => {
-                out.messages.insert(
-                    uid,
-                    MessageFile {
-                        uid,
-                        path,
-                        size: u64::try_from(size).unwrap_or(0),
-                        mtime,
-                        dev,
-                        ino,
-                    },
-                );
-            }
-            _ => out.odd.push(path),
+        let uid = paths::parse_message_file_name(name.as_bytes());
+        match (uid, u16::try_from(name.len())) {
+            (Some(uid), Ok(name_len)) if fmt == libc::S_IFREG => messages.push(MessageFile {
+                uid,
+                name_len,
+                size: u64::try_from(size).unwrap_or(0),
+                mtime,
+                dev,
+                ino,
+            }),
+            _ => out.odd.push(dir.join(&name)),
         }
     }
+    out.messages = messages.into_iter().collect();
     out.odd.sort();
     Ok(out)
 }
@@ -962,6 +1029,8 @@ mod tests {
         std::fs::create_dir(d.path().join("Sub")).unwrap();
         let l = list_dir(d.path()).unwrap();
         assert_eq!(l.messages.keys().copied().collect::<Vec<_>>(), vec![1, 22]);
+        let names: Vec<String> = l.messages.values().map(MessageFile::name).collect();
+        assert_eq!(names, vec!["1.", "22."]);
         let odd: Vec<_> = l
             .odd
             .iter()
@@ -972,6 +1041,32 @@ mod tests {
             list_dir(&d.path().join("none")).unwrap(),
             DirListing::default()
         );
+    }
+
+    #[test]
+    fn messages_rebuild_padded_names_and_keep_the_later_of_two_names() {
+        let f = |uid, name_len, ino| MessageFile {
+            uid,
+            name_len,
+            size: 1,
+            mtime: 0,
+            dev: 0,
+            ino,
+        };
+        let m: Messages = vec![f(7, 4, 1), f(0, 2, 2), f(7, 2, 3), f(3, 2, 4)]
+            .into_iter()
+            .collect();
+        assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![0, 3, 7]);
+        assert_eq!(m.get(&7).map(|f| f.ino), Some(3));
+        assert_eq!(m.get(&0).map(MessageFile::name).as_deref(), Some("0."));
+        assert!(m.get(&5).is_none());
+        assert_eq!(f(7, 4, 1).name(), "007.");
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("0042."), b"a").unwrap();
+        let l = list_dir(d.path()).unwrap();
+        let got = l.messages.get(&42).unwrap();
+        assert_eq!(got.name(), "0042.");
+        assert!(d.path().join(got.name()).is_file());
     }
 
     fn files_in(d: &Path) -> MailboxFiles {
