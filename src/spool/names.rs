@@ -395,7 +395,9 @@ impl MboxName {
             {
                 return refuse("a shared mailbox named INBOX");
             }
-            if self.deleted.is_none() && self.boxes.len() == 1 && self.boxes[0] == b"user" {
+            // Deleted or not: the admin parser reads `user` (and `DELETED.user.<stamp>`) as a
+            // user name that is missing.
+            if self.boxes.len() == 1 && self.boxes[0] == b"user" {
                 return refuse("a shared mailbox named user");
             }
         }
@@ -801,6 +803,21 @@ mod tests {
         // a real ".." component is harmless: it is written "^^"
         let n2 = int("user.alice.^^", &n);
         assert_eq!(n2.boxes(), &[b"..".to_vec()]);
+        // regression (fuzz, 10-minute seeded run): a deleted shared mailbox named `user` has
+        // no external spelling, deleted or not (the admin parser reads `user` as a user
+        // without a name)
+        for vd in [VirtDomains::Off, VirtDomains::Userid] {
+            let n = NameConfig {
+                unixhierarchysep: false,
+                virtdomains: vd,
+                ..NameConfig::default()
+            };
+            let d = int("DELETED.user.E3", &n);
+            assert!(d.deleted().is_some() && d.localpart().is_none());
+            assert!(d.to_external(&n).is_err());
+            assert!(int("user", &n).to_external(&n).is_err());
+            assert!(MboxName::from_external(b"DELETED.user.E3", &n).is_err());
+        }
     }
 
     #[test]
