@@ -203,3 +203,73 @@ fn user_denied_for_lmtp_is_refused_as_cyrus_refuses() {
     assert_eq!(ours, cyrus);
     assert!(rcpt_reply(&[sock, "emil"]).starts_with("250 "));
 }
+
+fn highestmodseq(raw: &str) -> u64 {
+    let i = raw.find("HIGHESTMODSEQ ").expect("HIGHESTMODSEQ in SELECT");
+    raw[i + 14..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+/// A CONDSTORE/QRESYNC client of Cyrus's imapd sees a delivery cyrkit made: the mailbox's
+/// HIGHESTMODSEQ grows and `FETCH ... (CHANGEDSINCE m)` returns exactly the new message,
+/// whose MODSEQ is above m (the modseq and header fields Cyrus's own append sets).
+#[test]
+fn condstore_clients_see_cyrkit_deliveries() {
+    if !require_cyrus() {
+        return;
+    }
+    let cy = CyrusInstance::start(&CyrusOptions::default()).expect("start Cyrus");
+    let mut admin = cy.imap_admin().unwrap();
+    admin.create("user.fred").unwrap();
+    admin.setacl("user.fred", "cyrus", "lrswipkxtecda").unwrap();
+    admin.logout().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("lmtp.sock");
+    let _server = serve(&cy, &socket);
+    let sock = socket.to_str().unwrap();
+    let deliver = |id: &str| {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import smtplib,sys\nc=smtplib.LMTP(sys.argv[1])\nc.docmd('LHLO','t')\n\
+                 r=c.sendmail('s@example.org',['fred'],('Message-ID: <%s@x>\\r\\nSubject: s\\r\\n\\r\\nbody\\r\\n' % sys.argv[2]).encode())\n\
+                 assert not r, r\nc.quit()\n",
+            )
+            .arg(sock)
+            .arg(id)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    deliver("one");
+    let mut imap = cy.imap_admin().unwrap();
+    let sel = imap.ok("SELECT user.fred (CONDSTORE)").unwrap();
+    let m1 = highestmodseq(&String::from_utf8_lossy(&sel.raw()));
+    imap.ok("UNSELECT").unwrap();
+    deliver("two");
+    let sel = imap.ok("SELECT user.fred (CONDSTORE)").unwrap();
+    let raw = String::from_utf8_lossy(&sel.raw()).into_owned();
+    assert!(raw.contains("* 2 EXISTS"), "{raw}");
+    let m2 = highestmodseq(&raw);
+    assert!(m2 > m1, "HIGHESTMODSEQ {m1} -> {m2}");
+    let changed = imap
+        .ok(&format!("UID FETCH 1:* (UID FLAGS) (CHANGEDSINCE {m1})"))
+        .unwrap();
+    let text = String::from_utf8_lossy(&changed.raw()).into_owned();
+    assert_eq!(text.matches(" FETCH ").count(), 1, "{text}");
+    assert!(text.contains("UID 2 ") || text.contains("UID 2)"), "{text}");
+    let modseq: u64 = text
+        .split("MODSEQ (")
+        .nth(1)
+        .and_then(|t| t.split(')').next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MODSEQ in {text}"));
+    assert!(modseq > m1 && modseq <= m2, "{m1} < {modseq} <= {m2}");
+    let r = cy.run_tool("reconstruct", &["-n", "user.fred"]).unwrap();
+    let out = String::from_utf8_lossy(&r.stdout).into_owned() + &String::from_utf8_lossy(&r.stderr);
+    assert_eq!(out.trim(), "user.fred", "{out}");
+}
