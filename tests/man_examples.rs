@@ -3,8 +3,9 @@
 //! or 1, never a usage error or a failure.
 //!
 //! Lines for other programs (`systemctl`, Cyrus's `relocate_by_id` through `runuser`) are not
-//! run here — the README's legacy → uuid recipe runs relocate_by_id in `tests/readme.rs` — nor
-//! are `cyrkit serve` lines, which would not return. Every command gets the fixture's
+//! run here — the README's legacy → uuid recipe runs relocate_by_id in `tests/readme.rs`; the
+//! `cyrkit serve` examples, which would not return, are started and stopped with SIGTERM by
+//! `serve_examples_start_and_stop_on_the_fixtures`. Every command gets the fixture's
 //! imapd.conf: `/etc/imapd.conf` is replaced, and `-C` is added where a line has none, so an
 //! example can never touch the machine's own Cyrus.
 
@@ -171,4 +172,115 @@ fn example_lines_are_split_and_localised() {
     assert!(localise("cyrkit quota -C /etc/imapd.conf", conf, bin)
         .unwrap()
         .ends_with("quota -C /f/imapd.conf --no-progress"));
+}
+
+/// The `cyrkit serve` examples of cyrkit-serve(1), continuation lines joined, run on the
+/// fixture store with the machine's paths replaced by private ones (socket, certificate made
+/// with openssl, loopback ports): each must start listening and stop cleanly (exit 0) on
+/// SIGTERM.
+#[test]
+fn serve_examples_start_and_stop_on_the_fixtures() {
+    let page =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("man/cyrkit-serve.1"))
+            .unwrap();
+    let mut examples: Vec<String> = Vec::new();
+    let mut cont = false;
+    for line in example_lines(&page) {
+        let (text, more) = match line.strip_suffix("\\e") {
+            Some(t) => (t.trim().to_string(), true),
+            None => (line.clone(), false),
+        };
+        if cont {
+            let last = examples.last_mut().unwrap();
+            last.push(' ');
+            last.push_str(&text);
+        } else if text.starts_with("cyrkit serve") {
+            examples.push(text);
+        }
+        cont = more && (cont || line.starts_with("cyrkit serve"));
+    }
+    assert_eq!(examples.len(), 2, "{examples:?}");
+    let (tmp, root) = fixture_copy("legacy", "man-serve");
+    let conf = root.join("imapd.conf");
+    let cert = tmp.path().join("mail.pem");
+    let key = tmp.path().join("mail.key");
+    let ok = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+        ])
+        .arg("/CN=localhost")
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/test installs it)");
+    assert!(ok.status.success(), "{ok:?}");
+    let has_postfix_group = nix::unistd::Group::from_name("postfix")
+        .ok()
+        .flatten()
+        .is_some();
+    for example in examples {
+        let socket = tmp.path().join("lmtp");
+        let _ = std::fs::remove_file(&socket);
+        let mut ready: Vec<std::net::SocketAddr> = Vec::new();
+        let mut args: Vec<String> = Vec::new();
+        let words = example.split_whitespace().skip(1);
+        for w in words {
+            let v = match w {
+                "/etc/imapd.conf" => conf.display().to_string(),
+                "/run/cyrkit/lmtp" => socket.display().to_string(),
+                "/etc/ssl/mail.pem" => cert.display().to_string(),
+                "/etc/ssl/private/mail.key" => key.display().to_string(),
+                "postfix" if !has_postfix_group => "root".to_string(),
+                a if a.starts_with("0.0.0.0:") => {
+                    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                    let addr = l.local_addr().unwrap();
+                    ready.push(addr);
+                    addr.to_string()
+                }
+                other => other.to_string(),
+            };
+            args.push(v);
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cyrkit"))
+            .args(&args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let up = || {
+            (example.contains("--lmtp-unix") && socket.exists())
+                || (!ready.is_empty()
+                    && ready
+                        .iter()
+                        .all(|a| std::net::TcpStream::connect(a).is_ok()))
+        };
+        while !up() {
+            if let Ok(Some(st)) = child.try_wait() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "`{example}` exited {st} at start-up:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            assert!(
+                t.elapsed() < std::time::Duration::from_secs(20),
+                "`{example}` never listened"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "`{example}` after SIGTERM: {:?}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
