@@ -31,8 +31,8 @@ use crate::format::header::{self, HeaderFormat, MailboxHeader};
 use crate::format::index::{self, IndexHeader, IndexRecord};
 use crate::spool::config::Config;
 use crate::spool::mailbox::{
-    self, CacheFile, Changes, DirFd, MailboxFiles, MessageFile, NewCache, NewIndex, Prefix,
-    Snapshot, Spill,
+    self, CacheFile, Changes, DirFd, IndexFile, MailboxFiles, MessageFile, NewCache, NewIndex,
+    Prefix, Snapshot, Spill,
 };
 use crate::spool::mailbox_lock::OpenMode;
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
@@ -1222,15 +1222,10 @@ impl Env<'_> {
 #[derive(Debug)]
 struct SnapshotKey {
     header: Option<Vec<u8>>,
-    index: Option<(usize, [u8; 20])>,
+    index: Option<(u64, [u8; 20])>,
     cache: Option<CacheFile>,
     messages: (usize, [u8; 20]),
     odd: Vec<PathBuf>,
-}
-
-fn sha1_of(bytes: &[u8]) -> [u8; 20] {
-    use sha1::{Digest, Sha1};
-    Sha1::digest(bytes).into()
 }
 
 /// The digest of the message files of a listing, in UID order: for each, uid, name length,
@@ -1255,7 +1250,7 @@ impl SnapshotKey {
             messages: listing_digest(&s.listing),
             odd: s.listing.odd,
             header: s.header,
-            index: s.index.as_deref().map(|b| (b.len(), sha1_of(b))),
+            index: s.index.as_ref().map(|f| (f.len(), f.digest())),
             cache: s.cache,
         }
     }
@@ -1263,7 +1258,7 @@ impl SnapshotKey {
     /// Whether `s` is the snapshot this key was made of (same bytes, same files).
     fn matches(&self, s: &Snapshot) -> bool {
         self.header == s.header
-            && self.index == s.index.as_deref().map(|b| (b.len(), sha1_of(b)))
+            && self.index == s.index.as_ref().map(|f| (f.len(), f.digest()))
             && self.cache == s.cache
             && self.odd == s.listing.odd
             && self.messages == listing_digest(&s.listing)
@@ -1320,19 +1315,36 @@ impl Plan {
     }
 }
 
-/// The surviving content of a `cyrus.index`.
+/// What survives of a `cyrus.index`, found by one pass over it. The good records are not
+/// held: [`OldIndex::each`] reads them again through a window, with the same tests, so every
+/// pass sees the same records (the file read is the one the snapshot digested).
 #[derive(Debug, Default)]
 struct OldIndex {
+    file: Option<IndexFile>,
     /// Version and sizes the records were read with.
     version: Option<u32>,
     /// The header, only when its CRC is good.
     header: Option<IndexHeader>,
     /// The header as parsed even if its CRC is bad (values not trusted).
     raw: Option<IndexHeader>,
-    /// Records whose CRC is good, in strictly increasing UID order.
-    records: Vec<IndexRecord>,
+    /// Header and record sizes of `version`.
+    hsize: usize,
+    rsize: usize,
+    /// Record slots to look at.
+    slots: usize,
+    /// How many records have a good CRC and a UID above the previous good one.
+    good: usize,
+    /// The highest modseq and UID among them.
+    max_modseq: u64,
+    max_uid: u32,
     /// Records wiped (bad CRC or out of order): (record number, uid as read).
     wiped: Vec<(u32, u32)>,
+}
+
+/// One record slot of an old index, as [`OldIndex::scan`] judges it.
+enum Slot {
+    Good(IndexRecord),
+    Wiped(u32, u32),
 }
 
 fn be32(b: &[u8], off: usize) -> Option<u32> {
@@ -1343,17 +1355,21 @@ fn be32(b: &[u8], off: usize) -> Option<u32> {
 /// Reads what survives of an index: the header if its CRC holds, and every record whose
 /// own CRC holds. When the header is damaged the version is taken from it if plausible,
 /// else guessed from the sizes it records, else 17.
-fn read_old_index(buf: Option<&[u8]>) -> OldIndex {
+fn read_old_index(file: Option<&IndexFile>) -> anyhow::Result<OldIndex> {
     let mut out = OldIndex::default();
-    let Some(buf) = buf else { return out };
+    let Some(file) = file else { return Ok(out) };
+    let largest = (12..=20).filter_map(index::header_size).max().unwrap_or(0);
+    let head = file
+        .read_at(0, largest)
+        .context("reading the header of cyrus.index")?;
     let fits = |v: u32| match (index::header_size(v), index::record_size(v)) {
         (Some(h), Some(r)) => {
-            be32(buf, index::OFFSET_START_OFFSET) == Some(h as u32)
-                && be32(buf, index::OFFSET_RECORD_SIZE) == Some(r as u32)
+            be32(&head, index::OFFSET_START_OFFSET) == Some(h as u32)
+                && be32(&head, index::OFFSET_RECORD_SIZE) == Some(r as u32)
         }
         _ => false,
     };
-    let stated = be32(buf, index::OFFSET_MINOR_VERSION).filter(|&v| fits(v));
+    let stated = be32(&head, index::OFFSET_MINOR_VERSION).filter(|&v| fits(v));
     let version = stated
         .or_else(|| {
             [17, 16, 15, 14, 13, 12, 19, 20]
@@ -1363,15 +1379,17 @@ fn read_old_index(buf: Option<&[u8]>) -> OldIndex {
         .unwrap_or(index::DEFAULT_VERSION);
     let (Some(hsize), Some(rsize)) = (index::header_size(version), index::record_size(version))
     else {
-        return out;
+        return Ok(out);
     };
-    if buf.len() < hsize {
-        return out;
+    if head.len() < hsize {
+        return Ok(out);
     }
+    out.file = Some(file.clone());
     out.version = Some(version);
+    (out.hsize, out.rsize) = (hsize, rsize);
     let header_ok = stated.is_some()
-        && be32(buf, hsize - 4) == Some(crc32(buf.get(..hsize - 4).unwrap_or_default()));
-    let mut raw = buf.get(..hsize).map(<[u8]>::to_vec).unwrap_or_default();
+        && be32(&head, hsize - 4) == Some(crc32(head.get(..hsize - 4).unwrap_or_default()));
+    let mut raw = head.get(..hsize).map(<[u8]>::to_vec).unwrap_or_default();
     if stated.is_none() {
         raw[index::OFFSET_MINOR_VERSION..index::OFFSET_MINOR_VERSION + 4]
             .copy_from_slice(&version.to_be_bytes());
@@ -1380,34 +1398,82 @@ fn read_old_index(buf: Option<&[u8]>) -> OldIndex {
     if header_ok {
         out.header = out.raw.clone();
     }
-    let present = (buf.len() - hsize) / rsize;
-    let n = match &out.header {
+    let present = usize::try_from((file.len() - hsize as u64) / rsize as u64).unwrap_or(0);
+    out.slots = match &out.header {
         Some(h) => present.min(h.num_records as usize),
         None => present,
     };
-    let mut prev = 0u32;
-    for i in 0..n {
-        let Some(rb) = buf.get(hsize + i * rsize..hsize + (i + 1) * rsize) else {
-            break;
-        };
-        let recno = u32::try_from(i).unwrap_or(u32::MAX);
-        let uid = be32(rb, index::OFFSET_UID).unwrap_or(0);
-        if rb.iter().all(|&b| b == 0) && out.header.is_none() {
-            continue; // zeroed space past the records of a damaged header
-        }
-        if !index::record_crc_ok(rb, version) || uid <= prev {
-            out.wiped.push((recno, uid));
-            continue;
-        }
-        match index::parse_record(rb, version) {
-            Ok(r) => {
-                prev = r.uid;
-                out.records.push(r);
+    let (mut good, mut max_modseq, mut max_uid, mut wiped) = (0, 0, 0, Vec::new());
+    out.scan(|slot| {
+        match slot {
+            Slot::Good(r) => {
+                good += 1;
+                max_modseq = max_modseq.max(r.modseq);
+                max_uid = max_uid.max(r.uid);
             }
-            Err(_) => out.wiped.push((recno, uid)),
+            Slot::Wiped(recno, uid) => wiped.push((recno, uid)),
         }
+        Ok(())
+    })?;
+    (out.good, out.max_modseq, out.max_uid, out.wiped) = (good, max_modseq, max_uid, wiped);
+    Ok(out)
+}
+
+impl OldIndex {
+    /// Reads every record slot in order and judges it: good (its CRC holds and its UID is
+    /// above the previous good one) or wiped. Zeroed slots past the records of a damaged
+    /// header are skipped.
+    fn scan(&self, mut f: impl FnMut(Slot) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let (Some(version), hsize, rsize) = (self.version, self.hsize, self.rsize) else {
+            return Ok(());
+        };
+        let mut window = file.window();
+        let mut prev = 0u32;
+        for i in 0..self.slots {
+            let at = (hsize as u64).saturating_add((i as u64).saturating_mul(rsize as u64));
+            let Some(rb) = window
+                .get(at, rsize)
+                .context("reading the records of cyrus.index")?
+            else {
+                break;
+            };
+            let recno = u32::try_from(i).unwrap_or(u32::MAX);
+            let uid = be32(rb, index::OFFSET_UID).unwrap_or(0);
+            if rb.iter().all(|&b| b == 0) && self.header.is_none() {
+                continue; // zeroed space past the records of a damaged header
+            }
+            if !index::record_crc_ok(rb, version) || uid <= prev {
+                f(Slot::Wiped(recno, uid))?;
+                continue;
+            }
+            match index::parse_record(rb, version) {
+                Ok(r) => {
+                    prev = r.uid;
+                    f(Slot::Good(r))?;
+                }
+                Err(_) => f(Slot::Wiped(recno, uid))?,
+            }
+        }
+        Ok(())
     }
-    out
+
+    /// The good records, in UID order, with their position among them.
+    fn each(
+        &self,
+        mut f: impl FnMut(usize, IndexRecord) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut i = 0usize;
+        self.scan(|slot| match slot {
+            Slot::Good(r) => {
+                i += 1;
+                f(i - 1, r)
+            }
+            Slot::Wiped(..) => Ok(()),
+        })
+    }
 }
 
 /// Whether a user flag name is an IMAP atom (`mailbox_reconstruct`'s "bogus flag name").
@@ -1510,7 +1576,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     }
 
     // cyrus.index
-    let old = read_old_index(snap.index.as_deref());
+    let old = read_old_index(snap.index.as_ref())?;
     if snap.index.is_none() {
         p.say(
             "index-missing",
@@ -1530,7 +1596,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             None,
             format!(
                 "{name}: cyrus.index header damaged, recomputing it from {} intact records",
-                old.records.len()
+                old.good
             ),
         );
     }
@@ -1553,8 +1619,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         .as_ref()
         .filter(|c| c.generation().is_some() && c.len() >= CACHE_HEADER_SIZE as u64);
 
-    let max_rec_modseq = old.records.iter().map(|r| r.modseq).max().unwrap_or(0);
-    let max_rec_uid = old.records.last().map_or(0, |r| r.uid);
+    let (max_rec_modseq, max_rec_uid) = (old.max_modseq, old.max_uid);
     let trusted = old.header.is_some();
     let mut ih = match &old.header {
         Some(h) => h.clone(),
@@ -1634,7 +1699,9 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     }
 
     let files = &snap.listing.messages;
-    let mut matched: BTreeSet<u32> = BTreeSet::new();
+    // Which files (by position in `files`) have a record: one bit per file.
+    let mut matched = vec![0u64; files.len().div_ceil(64)];
+    let is_matched = |matched: &[u64], pos: usize| get_bit(matched, pos as u64);
     let mut discovered: Vec<u32> = Vec::new();
     let mut new_cache = NewCache::new(
         match old_cache {
@@ -1646,34 +1713,48 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     let old_cache_len = new_cache.len();
 
     // Which records' files the loop below re-parses; those and every file without a record
-    // are parsed now, in parallel.
-    let reparse_of: Vec<bool> = old
-        .records
-        .iter()
-        .map(|r| needs_reparse(opts, r, files.get(&r.uid), old_cache))
-        .collect();
-    let wanted: Vec<&MessageFile> = files
-        .values()
-        .filter(
-            |f| match old.records.binary_search_by_key(&f.uid, |r| r.uid) {
-                Ok(i) => {
-                    (!opts.do_stat || f.size > 0) && reparse_of.get(i).copied().unwrap_or(true)
+    // are parsed now, in parallel. One pass over the old records, merged with the listing
+    // (both in UID order).
+    let mut reparse_of: Vec<bool> = Vec::with_capacity(old.good);
+    let mut wanted: Vec<&MessageFile> = Vec::new();
+    {
+        let mut rest = files.values().peekable();
+        old.each(|_, r| {
+            while let Some(f) = rest.next_if(|f| f.uid < r.uid) {
+                if f.size > 0 {
+                    wanted.push(f); // no record
                 }
-                Err(_) => f.size > 0,
-            },
-        )
-        .collect();
+            }
+            let file = rest.next_if(|f| f.uid == r.uid);
+            let reparse = needs_reparse(opts, &r, file, old_cache);
+            reparse_of.push(reparse);
+            if let Some(f) = file {
+                if reparse && (!opts.do_stat || f.size > 0) {
+                    wanted.push(f);
+                }
+            }
+            Ok(())
+        })?;
+        wanted.extend(rest.filter(|f| f.size > 0));
+    }
     parse.prefetch(&wanted);
     drop(wanted);
     // The new records go to a spill as they are decided (see [`RecordSink`]); records that
     // change get one new modseq at the end, as one Cyrus session would give them.
     let mut records = RecordSink::new(from_version, &ctx.spill_dir())?;
 
-    for (i, rec) in old.records.iter().enumerate() {
+    // What the mailbox charged its root, from the old records (see `old_usage` below).
+    let mut old_derived = index::Derived::start();
+    old.each(|i, rec| {
+        let rec = &rec;
+        if old.header.is_some() {
+            old_derived.add(rec, from_version, &hdr.user_flags, None);
+        }
         let uid = rec.uid;
-        let file = files.get(&uid);
-        if file.is_some() {
-            matched.insert(uid);
+        let pos = files.position(uid);
+        let file = pos.and_then(|pos| files.values().as_slice().get(pos));
+        if let Some(pos) = pos {
+            set_bit(&mut matched, pos as u64);
         }
         let mut r = rec.clone();
         let have = match file {
@@ -1685,7 +1766,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             // ("already expunged, unlinking"), cyrkit keeps it (removals only with -U/-O),
             // so a later run must not re-check it and report the same change again.
             records.push(&r, false)?;
-            continue;
+            return Ok(());
         }
         if !have {
             p.say(
@@ -1695,14 +1776,14 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
             );
             r.internal_flags |= index::FLAG_INTERNAL_EXPUNGED | index::FLAG_INTERNAL_UNLINKED;
             records.push(&r, true)?;
-            continue;
+            return Ok(());
         }
         let reparse = reparse_of.get(i).copied().unwrap_or(true);
         let mut new_entry: Option<Parsed> = None;
         if reparse {
             let Some(f) = file else {
                 records.push(&r, false)?;
-                continue; // -s: nothing to parse
+                return Ok(()); // -s: nothing to parse
             };
             let parsed = parse.parse(f).with_context(|| {
                 format!("reading {}", ctx.files.data_dir.join(f.name()).display())
@@ -1751,7 +1832,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
                     );
                 }
                 records.push(&r, changed)?;
-                continue;
+                return Ok(());
             }
             let m = &parsed;
             r.size = m.size;
@@ -1841,27 +1922,31 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         // Only what a client can see takes a new modseq; a regenerated cache entry does
         // not (Cyrus bumps it anyway, making every client refetch flags for nothing).
         records.push(&r, differs)?;
-    }
+        Ok(())
+    })?;
 
     // Files without a record: above last_uid they keep their UID, below they are appended.
     // A file below last_uid may be another name of a kept message: the identities of those
     // are only gathered when there is such a file (with the index lost there is none, and
     // the map would cost ~40 bytes per message).
     let twins_possible = files
-        .keys()
-        .any(|uid| *uid <= last_uid && !matched.contains(uid));
+        .values()
+        .enumerate()
+        .any(|(pos, f)| f.uid <= last_uid && !is_matched(&matched, pos));
     let inode_of: HashMap<(u64, u64), u32> = if twins_possible {
         files
             .values()
-            .filter(|f| matched.contains(&f.uid) || f.uid > last_uid)
-            .map(|f| ((f.dev, f.ino), f.uid))
+            .enumerate()
+            .filter(|(pos, f)| is_matched(&matched, *pos) || f.uid > last_uid)
+            .map(|(_, f)| ((f.dev, f.ino), f.uid))
             .collect()
     } else {
         HashMap::new()
     };
     let mut found: Vec<u32> = Vec::new();
-    for (&uid, f) in files {
-        if matched.contains(&uid) {
+    for (pos, f) in files.values().enumerate() {
+        let uid = f.uid;
+        if is_matched(&matched, pos) {
             continue;
         }
         if uid > last_uid {
@@ -1979,7 +2064,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         ctx.now,
         version,
         &flag_names,
-        snap.index.as_deref(),
+        snap.index.as_ref(),
     )?;
     let mut derived = nh.clone();
     derived.apply_derived(&done.derived, version);
@@ -2024,8 +2109,8 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         .header
         .as_ref()
         .filter(|oh| {
-            let d = index::derive(old.records.iter(), from_version, &flag_names, None);
-            d.exists == oh.exists && d.quota_mailbox_used == oh.quota_mailbox_used
+            old_derived.exists == oh.exists
+                && old_derived.quota_mailbox_used == oh.quota_mailbox_used
         })
         .map(mailbox_usage);
     let header_bytes = index::write_header(
@@ -2035,11 +2120,17 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
         },
         version,
     )?;
-    let same = snap.index.as_deref().is_some_and(|old| {
-        done.records_match
-            && old.len() as u64 == header_bytes.len() as u64 + done.len
-            && old.get(..header_bytes.len()) == Some(&header_bytes[..])
-    });
+    let same = match snap.index.as_ref() {
+        Some(old) => {
+            done.records_match
+                && old.len() == header_bytes.len() as u64 + done.len
+                && old
+                    .read_at(0, header_bytes.len())
+                    .context("reading cyrus.index")?
+                    == header_bytes
+        }
+        None => false,
+    };
     if !same {
         p.files.index = Some(NewIndex::streamed(header_bytes, done.spill, done.len));
     }
@@ -2314,7 +2405,7 @@ impl RecordSink {
         now: u64,
         version: u32,
         flag_names: &[Option<N>],
-        old: Option<&[u8]>,
+        old: Option<&IndexFile>,
     ) -> anyhow::Result<SinkDone> {
         self.flush()?;
         if !self.in_order {
@@ -2328,6 +2419,7 @@ impl RecordSink {
         let mut derived = index::Derived::start();
         let mut first_expunged: Option<u64> = None;
         let mut records_match = old.is_some();
+        let mut old_window = old.map(IndexFile::window);
         let mut buf: Vec<u8> = Vec::with_capacity(SINK_BATCH + rsize);
         let mut written = 0u64;
         let mut i = 0usize;
@@ -2354,8 +2446,13 @@ impl RecordSink {
             };
             if records_match {
                 let at = hsize.saturating_add(i.saturating_mul(rsize));
-                records_match =
-                    old.and_then(|o| o.get(at..at.saturating_add(bytes.len()))) == Some(&bytes[..]);
+                records_match = match old_window.as_mut() {
+                    Some(w) => w
+                        .get(at as u64, bytes.len())
+                        .context("reading cyrus.index")?
+                        .is_some_and(|o| o == &bytes[..]),
+                    None => false,
+                };
             }
             i += 1;
             buf.extend_from_slice(&bytes);
@@ -2532,11 +2629,11 @@ mod tests {
         assert!(!key.matches(&snap(vec![file(1, "1.", 10), file(2, "02.", 20)])));
         assert!(!key.matches(&snap(vec![file(1, "1.", 10), file(3, "3.", 20)])));
         let mut other = base();
-        other.index = Some(Vec::new());
+        other.index = Some(IndexFile::from_bytes(Vec::new()));
         assert!(!key.matches(&other));
         let indexed = |bytes: &[u8]| {
             let mut s = base();
-            s.index = Some(bytes.to_vec());
+            s.index = Some(IndexFile::from_bytes(bytes.to_vec()));
             s
         };
         let key = SnapshotKey::of(indexed(b"abcd"));
@@ -2726,13 +2823,79 @@ mod tests {
         buf[50] ^= 1; // header damaged
         let rs = index::V14_HEADER_SIZE + index::V16_RECORD_SIZE + 5;
         buf[rs] ^= 1; // record 2 damaged
-        let old = read_old_index(Some(&buf));
+        let old = read_old_index(Some(&IndexFile::from_bytes(buf))).unwrap();
         assert!(old.header.is_none());
         assert_eq!(old.version, Some(17));
-        assert_eq!(
-            old.records.iter().map(|r| r.uid).collect::<Vec<_>>(),
-            vec![1, 3]
-        );
+        assert_eq!(uids_of(&old), vec![1, 3]);
+        assert_eq!((old.good, old.max_uid, old.max_modseq), (2, 3, 7));
         assert_eq!(old.wiped, vec![(1, 2)]);
+    }
+
+    fn uids_of(old: &OldIndex) -> Vec<u32> {
+        let mut uids = Vec::new();
+        old.each(|i, r| {
+            assert_eq!(i, uids.len());
+            uids.push(r.uid);
+            Ok(())
+        })
+        .unwrap();
+        uids
+    }
+
+    /// An index larger than the read window, from a file: the same records, counts and
+    /// digest as from memory; a file cut after it was read is an error, not a panic.
+    #[test]
+    fn old_index_is_read_through_a_window_from_the_file() {
+        let n = 25_000u32; // 2.6 MB of version-17 records: three windows
+        let recs: Vec<IndexRecord> = (1..=n)
+            .map(|u| IndexRecord {
+                uid: u * 2,
+                modseq: u64::from(u % 977) + 1,
+                size: u64::from(u),
+                ..Default::default()
+            })
+            .collect();
+        let h = IndexHeader {
+            last_uid: n * 2,
+            highestmodseq: 977,
+            num_records: n,
+            ..Default::default()
+        };
+        let mut buf = index::write_index(&h, &recs, 17).unwrap();
+        let bad = index::V14_HEADER_SIZE + 10_081 * index::V16_RECORD_SIZE + 9;
+        buf[bad] ^= 0x40; // record 10 082 (uid 20 164), across the first window's end
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cyrus.index");
+        std::fs::write(&path, &buf).unwrap();
+        let file = IndexFile::open(&path).unwrap().unwrap();
+        let mem = IndexFile::from_bytes(buf.clone());
+        assert_eq!(file, mem);
+        assert_eq!(file.len(), buf.len() as u64);
+        let (a, b) = (
+            read_old_index(Some(&file)).unwrap(),
+            read_old_index(Some(&mem)).unwrap(),
+        );
+        assert!(a.header.is_some());
+        assert_eq!(a.wiped, vec![(10_081, 20_164)]);
+        assert_eq!(
+            (a.good, a.max_uid, a.max_modseq),
+            (n as usize - 1, n * 2, 977)
+        );
+        let want: Vec<u32> = (1..=n).map(|u| u * 2).filter(|&u| u != 20_164).collect();
+        assert_eq!(uids_of(&a), want);
+        assert_eq!(uids_of(&b), want);
+        assert_eq!(
+            file.read_at(0, index::V14_HEADER_SIZE).unwrap(),
+            buf[..index::V14_HEADER_SIZE]
+        );
+        // Cut behind the reader's back: a clear error.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(buf.len() as u64 / 2)
+            .unwrap();
+        let err = a.each(|_, _| Ok(())).unwrap_err();
+        assert!(format!("{err:#}").contains("shrank"), "{err:#}");
     }
 }

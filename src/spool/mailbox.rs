@@ -145,8 +145,12 @@ pub struct Messages(Vec<MessageFile>);
 
 impl Messages {
     pub fn get(&self, uid: &u32) -> Option<&MessageFile> {
-        let i = self.0.binary_search_by_key(uid, |f| f.uid).ok()?;
-        self.0.get(i)
+        self.0.get(self.position(*uid)?)
+    }
+
+    /// Where the file of `uid` is in UID order (the order of [`Messages::values`]).
+    pub fn position(&self, uid: u32) -> Option<usize> {
+        self.0.binary_search_by_key(&uid, |f| f.uid).ok()
     }
 
     pub fn len(&self) -> usize {
@@ -247,6 +251,9 @@ impl DirFd {
 /// What [`list_dir`] keeps of an entry's `stat`: mode, size, mtime, dev, ino.
 type EntryStat = (libc::mode_t, i64, i64, u64, u64);
 
+/// How many directory entries [`list_dir`] stats at a time.
+const LIST_BATCH: usize = 4096;
+
 /// Lists a data directory as Cyrus's reconstruct walks it; a missing directory is empty.
 /// The entries are stat'ed relative to the directory, in parallel on the current rayon pool
 /// (a big mailbox has 100 000s of them, and this runs twice per repair: before and under the
@@ -259,44 +266,54 @@ pub fn list_dir(dir: &Path) -> io::Result<DirListing> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e),
     };
-    let mut names = Vec::new();
-    for e in rd {
-        let name = e?.file_name();
-        let b = name.as_bytes();
-        if b.starts_with(b".") || b.starts_with(b"cyrus.") {
-            continue;
-        }
-        names.push(name);
-    }
-    // An entry that vanished meanwhile is ignored.
-    // Only the fields kept (a `FileStat` is 144 bytes; 100 000s of them add up).
-    let stats: Vec<Option<EntryStat>> = names
-        .par_iter()
-        .map(|n| {
-            let st = dfd.stat(n).ok()?;
-            Some((st.st_mode, st.st_size, st.st_mtime, st.st_dev, st.st_ino))
-        })
-        .collect();
+    // Names are stat'ed in batches as they are read (in parallel within a batch): holding
+    // every name and every stat result before keeping the 40 bytes a file needs would cost
+    // ~150 bytes per message at the peak (150 MB for a 1M-message mailbox).
     let mut messages = Vec::new();
-    for (name, st) in names.into_iter().zip(stats) {
-        let Some((mode, size, mtime, dev, ino)) = st else {
-            continue;
-        };
-        let fmt = mode & libc::S_IFMT;
-        if fmt == libc::S_IFDIR {
-            continue; // child mailboxes (legacy layout)
+    let mut names = Vec::with_capacity(LIST_BATCH);
+    let mut rd = rd.peekable();
+    while rd.peek().is_some() {
+        names.clear();
+        for e in rd.by_ref() {
+            let name = e?.file_name();
+            let b = name.as_bytes();
+            if b.starts_with(b".") || b.starts_with(b"cyrus.") {
+                continue;
+            }
+            names.push(name);
+            if names.len() == LIST_BATCH {
+                break;
+            }
         }
-        let uid = paths::parse_message_file_name(name.as_bytes());
-        match (uid, u16::try_from(name.len())) {
-            (Some(uid), Ok(name_len)) if fmt == libc::S_IFREG => messages.push(MessageFile {
-                uid,
-                name_len,
-                size: u64::try_from(size).unwrap_or(0),
-                mtime,
-                dev,
-                ino,
-            }),
-            _ => out.odd.push(dir.join(&name)),
+        // An entry that vanished meanwhile is ignored.
+        // Only the fields kept (a `FileStat` is 144 bytes).
+        let stats: Vec<Option<EntryStat>> = names
+            .par_iter()
+            .map(|n| {
+                let st = dfd.stat(n).ok()?;
+                Some((st.st_mode, st.st_size, st.st_mtime, st.st_dev, st.st_ino))
+            })
+            .collect();
+        for (name, st) in names.iter().zip(stats) {
+            let Some((mode, size, mtime, dev, ino)) = st else {
+                continue;
+            };
+            let fmt = mode & libc::S_IFMT;
+            if fmt == libc::S_IFDIR {
+                continue; // child mailboxes (legacy layout)
+            }
+            let uid = paths::parse_message_file_name(name.as_bytes());
+            match (uid, u16::try_from(name.len())) {
+                (Some(uid), Ok(name_len)) if fmt == libc::S_IFREG => messages.push(MessageFile {
+                    uid,
+                    name_len,
+                    size: u64::try_from(size).unwrap_or(0),
+                    mtime,
+                    dev,
+                    ino,
+                }),
+                _ => out.odd.push(dir.join(name)),
+            }
         }
     }
     out.messages = messages.into_iter().collect();
@@ -333,7 +350,10 @@ pub fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub header: Option<Vec<u8>>,
-    pub index: Option<Vec<u8>>,
+    /// `cyrus.index` is not held either (104 bytes per message at version 17): it is kept
+    /// open, identified by its length and digest, and read through a window
+    /// ([`IndexFile::window`]).
+    pub index: Option<IndexFile>,
     /// `cyrus.cache` is not read whole (it is ~1.5 KB per message): it is kept open and its
     /// entries are read as they are checked ([`CacheFile::entry_ok`]).
     pub cache: Option<CacheFile>,
@@ -346,10 +366,166 @@ impl Snapshot {
     pub fn read(files: &MailboxFiles) -> io::Result<Snapshot> {
         Ok(Snapshot {
             header: read_optional(&files.header)?,
-            index: read_optional(&files.index)?,
+            index: IndexFile::open(&files.index)?,
             cache: CacheFile::open(&files.cache)?,
             listing: list_dir(&files.data_dir)?,
         })
+    }
+}
+
+/// An open `cyrus.index` as it was when read: its length and the SHA-1 of its bytes (read
+/// once, through a window, when it is opened) decide whether it changed — Cyrus rewrites
+/// records and the header in place, so neither the length nor the inode would tell — and
+/// its bytes are read again through a window ([`IndexFile::window`]) as a plan needs them,
+/// instead of holding the file (104 bytes per message at version 17: 100 MB for a
+/// 1M-message mailbox). The digest is of this host's own file, read back by the same
+/// descriptor the plan reads; a change while it is read makes the digest differ from the
+/// one taken again under the mailbox's lock, which then re-plans.
+#[derive(Debug, Clone)]
+pub struct IndexFile {
+    source: IndexSource,
+    len: u64,
+    digest: [u8; 20],
+}
+
+#[derive(Debug, Clone)]
+enum IndexSource {
+    File(Arc<File>),
+    /// Bytes given directly (unit tests, tools that already hold them).
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// How much of an index file is read at a time (~10 000 version-17 records).
+const INDEX_WINDOW: usize = 1 << 20;
+
+impl PartialEq for IndexFile {
+    fn eq(&self, o: &IndexFile) -> bool {
+        self.len == o.len && self.digest == o.digest
+    }
+}
+
+impl Eq for IndexFile {}
+
+impl IndexFile {
+    /// Opens `path` and digests its bytes; `None` when it does not exist.
+    pub fn open(path: &Path) -> io::Result<Option<IndexFile>> {
+        use sha1::{Digest, Sha1};
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut h = Sha1::new();
+        let mut buf = vec![0u8; INDEX_WINDOW];
+        let mut len = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            h.update(buf.get(..n).unwrap_or_default());
+            len += n as u64;
+        }
+        Ok(Some(IndexFile {
+            source: IndexSource::File(Arc::new(file)),
+            len,
+            digest: h.finalize().into(),
+        }))
+    }
+
+    /// An index held in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> IndexFile {
+        use sha1::{Digest, Sha1};
+        IndexFile {
+            len: bytes.len() as u64,
+            digest: Sha1::digest(&bytes).into(),
+            source: IndexSource::Bytes(Arc::new(bytes)),
+        }
+    }
+
+    /// Length in bytes when read.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// SHA-1 of the bytes when read.
+    pub fn digest(&self) -> [u8; 20] {
+        self.digest
+    }
+
+    /// Bytes `[off, off + len)`, cut at the length the file had when read.
+    pub fn read_at(&self, off: u64, len: usize) -> io::Result<Vec<u8>> {
+        let end = off.saturating_add(len as u64).min(self.len);
+        let want = usize::try_from(end.saturating_sub(off)).unwrap_or(0);
+        let mut buf = vec![0u8; want];
+        match &self.source {
+            IndexSource::File(f) => {
+                let mut got = 0usize;
+                while got < want {
+                    let at = off.saturating_add(got as u64);
+                    match f.read_at(buf.get_mut(got..).unwrap_or_default(), at) {
+                        Ok(0) => break,
+                        Ok(n) => got += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(got);
+            }
+            IndexSource::Bytes(b) => {
+                let from = usize::try_from(off).unwrap_or(usize::MAX);
+                buf = b
+                    .get(from..from.saturating_add(want))
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default();
+            }
+        }
+        Ok(buf)
+    }
+
+    /// A reader of this file through a window of about 1 MB.
+    pub fn window(&self) -> IndexWindow<'_> {
+        IndexWindow {
+            file: self,
+            start: 0,
+            buf: Vec::new(),
+        }
+    }
+}
+
+/// Sequential reads of an [`IndexFile`] through a window refilled on a miss.
+#[derive(Debug)]
+pub struct IndexWindow<'a> {
+    file: &'a IndexFile,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl IndexWindow<'_> {
+    /// Bytes `[off, off + len)`: `None` when they reach past the file's length (as read).
+    pub fn get(&mut self, off: u64, len: usize) -> io::Result<Option<&[u8]>> {
+        let Some(end) = off.checked_add(len as u64).filter(|&e| e <= self.file.len) else {
+            return Ok(None);
+        };
+        let have = off >= self.start && end <= self.start.saturating_add(self.buf.len() as u64);
+        if !have {
+            self.buf = self.file.read_at(off, len.max(INDEX_WINDOW))?;
+            self.start = off;
+            if (self.buf.len() as u64) < len as u64 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("cyrus.index shrank while it was read (offset {off})"),
+                ));
+            }
+        }
+        let from = usize::try_from(off - self.start).unwrap_or(usize::MAX);
+        Ok(self.buf.get(from..from.saturating_add(len)))
     }
 }
 
@@ -1019,6 +1195,31 @@ fn same_file(a: &Path, b: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More entries than one batch of [`list_dir`]: every message, odd file and size found.
+    #[test]
+    fn listing_spans_several_batches() {
+        let d = tempfile::tempdir().unwrap();
+        let n = LIST_BATCH as u32 * 2 + 17;
+        for uid in 1..=n {
+            std::fs::write(
+                d.path().join(format!("{uid}.")),
+                vec![b'x'; (uid % 7) as usize],
+            )
+            .unwrap();
+        }
+        for i in 0..5 {
+            std::fs::write(d.path().join(format!("odd{i}")), b"").unwrap();
+        }
+        std::fs::write(d.path().join("cyrus.cache"), b"").unwrap();
+        let l = list_dir(d.path()).unwrap();
+        assert_eq!(l.messages.len(), n as usize);
+        for (f, uid) in l.messages.values().zip(1..) {
+            assert_eq!((f.uid, f.size), (uid, u64::from(uid % 7)));
+            assert_eq!(l.messages.position(uid), Some(uid as usize - 1));
+        }
+        assert_eq!(l.odd.len(), 5);
+    }
 
     #[test]
     fn listing_separates_messages_odd_files_and_ignored_entries() {
