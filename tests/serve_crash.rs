@@ -10,6 +10,13 @@
 //!   "uid N found - adding" for a file of an unacknowledged delivery;
 //! - quota usage is never lower than the messages present;
 //! - the same delivery (or QUIT) run again completes.
+//!
+//! A QUIT killed between rewriting its records and writing the index header leaves the
+//! header stale (a record modseq above `highestmodseq`; Cyrus's own `mailbox_commit` has the
+//! same window). After every POP3 kill the next cyrkit session on the mailbox (a POP3 login +
+//! QUIT, or an LMTP delivery, in turn) must repair it and log so, and only then is
+//! `reconstruct -n` run, with no tolerance. The repair itself is killed at each of its
+//! crash points too.
 
 #[path = "serve_rel/common.rs"]
 mod common;
@@ -22,6 +29,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use cyrkit::format::index::Index;
 use support::cyrus::{require_cyrus, CyrusInstance, CyrusOptions, TMPDIR_ENV};
 
 const RCPTS: [&str; 3] = ["crash1", "crash2", "crash3"];
@@ -43,8 +51,14 @@ struct Rig {
     /// Time spent in: server start-ups, file checks, imapd, reconstruct -n.
     timing: [Duration; 4],
     /// POP3 kills after the index records were rewritten but before the index header (see
-    /// the module doc): counts and modseqs in the header are stale.
+    /// the module doc): counts and modseqs in the header are stale until repaired.
     torn_quit: usize,
+    /// Repairs of such a header seen in a server's log.
+    repaired: usize,
+    /// Repair sessions run after POP3 kills (alternating POP3 and LMTP).
+    repair_sessions: usize,
+    /// popper's `cyrus.index`.
+    popper_index: PathBuf,
 }
 
 impl Rig {
@@ -62,6 +76,12 @@ impl Rig {
         let [lport, pport] = free_ports(2)[..] else {
             unreachable!()
         };
+        let popper_index = walkdir::WalkDir::new(cy.spool_dir())
+            .into_iter()
+            .flatten()
+            .map(|e| e.into_path())
+            .find(|p| p.ends_with(format!("user/{POPPER}/cyrus.index")))
+            .expect("popper's cyrus.index");
         Rig {
             known: message_files(&cy.spool_dir()),
             cy,
@@ -74,17 +94,24 @@ impl Rig {
             crash_point_kills: 0,
             timing: [Duration::ZERO; 4],
             torn_quit: 0,
+            repaired: 0,
+            repair_sessions: 0,
+            popper_index,
         }
     }
 
     fn server(&mut self, crash_at: Option<usize>) -> Server {
+        self.server_logging(crash_at, "error")
+    }
+
+    fn server_logging(&mut self, crash_at: Option<usize>, level: &str) -> Server {
         let t = Instant::now();
-        let s = self.server_inner(crash_at);
+        let s = self.server_inner(crash_at, level);
         self.timing[0] += t.elapsed();
         s
     }
 
-    fn server_inner(&self, crash_at: Option<usize>) -> Server {
+    fn server_inner(&self, crash_at: Option<usize>, level: &str) -> Server {
         let env: Vec<(&str, String)> = crash_at
             .map(|n| ("CYRKIT_CRASH_AT", n.to_string()))
             .into_iter()
@@ -100,7 +127,7 @@ impl Rig {
                 "--passwd-file".into(),
                 self.passwd.display().to_string(),
                 "--log-level".into(),
-                "error".into(),
+                level.into(),
             ],
             &env,
             RunAs::Cyrus,
@@ -149,14 +176,72 @@ impl Rig {
         }
     }
 
-    /// The checks after each kill (see the module doc). `redeliver`: the id to deliver again.
-    fn check(&mut self, what: &str, torn_ok: bool) {
-        // Only the mailboxes the phase writes to (the others do not change).
-        let users: Vec<&str> = if torn_ok {
-            vec![POPPER]
+    /// Records of popper's index (within `num_records`) whose modseq is above the header's
+    /// `highestmodseq`: the state a commit killed between records and header leaves.
+    fn torn_records(&self) -> usize {
+        let buf = std::fs::read(&self.popper_index).unwrap();
+        let idx = Index::open(&buf).unwrap();
+        let h = idx.header().clone();
+        idx.records()
+            .take(h.num_records as usize)
+            .filter(|r| r.as_ref().unwrap().modseq > h.highestmodseq)
+            .count()
+    }
+
+    /// The next cyrkit session on popper after a POP3 kill: a POP3 login + QUIT or an LMTP
+    /// delivery, in turn. A stale header (`torn`) must be repaired by it, and logged.
+    fn repair_session(&mut self, what: &str, torn: bool) {
+        let mut server = self.server_logging(None, "warn");
+        if self.repair_sessions % 2 == 0 {
+            let mut c = pop3_login(self.pport, POPPER, "pw").unwrap();
+            let r = c.cmd("QUIT").unwrap();
+            assert!(r.starts_with("+OK"), "{what}: repair QUIT: {r}");
         } else {
-            RCPTS.to_vec()
-        };
+            let id = format!("repair{}", self.repair_sessions);
+            let mut c = lmtp(self.lport).unwrap();
+            let mut acked = Vec::new();
+            lmtp_deliver(&mut c, &[POPPER], &message(&id, 20), &mut acked).unwrap();
+            assert_eq!(acked, [250], "{what}: repair delivery");
+            self.acked.insert((POPPER.into(), id));
+        }
+        self.repair_sessions += 1;
+        assert!(server.stop().is_some_and(|s| s.success()));
+        let log = server.output();
+        let logged = log
+            .lines()
+            .filter(|l| l.contains("repaired cyrus.index header"))
+            .count();
+        assert_eq!(
+            logged,
+            usize::from(torn),
+            "{what}: stale header {torn}, repair lines in the log:\n{log}"
+        );
+        assert!(
+            log.contains(&format!("user.{POPPER}: repaired")) || !torn,
+            "{what}: the repair line names the mailbox:\n{log}"
+        );
+        if torn && self.repaired == 0 {
+            let line = log
+                .lines()
+                .find(|l| l.contains("repaired cyrus.index header"));
+            eprintln!(
+                "crash: first repair after {what}: {}",
+                line.unwrap_or_default()
+            );
+        }
+        self.repaired += logged;
+        assert_eq!(
+            self.torn_records(),
+            0,
+            "{what}: still stale after a session"
+        );
+    }
+
+    /// The checks after each kill (see the module doc). `pop3`: the POP3 phase (only
+    /// popper changes; a stale header is repaired by a cyrkit session before Cyrus looks).
+    fn check(&mut self, what: &str, pop3: bool) {
+        // Only the mailboxes the phase writes to (the others do not change).
+        let users: Vec<&str> = if pop3 { vec![POPPER] } else { RCPTS.to_vec() };
         let t = Instant::now();
         let spool = self.cy.spool_dir();
         let now = message_files(&spool);
@@ -167,8 +252,15 @@ impl Rig {
                 None => panic!("{what}: {} is gone", p.display()),
             }
         }
-        // Cyrus's view: imapd opens every mailbox; acknowledged mail is there.
+        let torn = pop3 && self.torn_records() > 0;
+        if torn {
+            self.torn_quit += 1;
+        }
         self.timing[1] += t.elapsed();
+        if pop3 {
+            self.repair_session(what, torn);
+        }
+        // Cyrus's view: imapd opens every mailbox; acknowledged mail is there.
         let t = Instant::now();
         let listed = imap_message_ids_of(&self.cy, &users);
         for (u, msgs) in users.iter().zip(listed) {
@@ -200,7 +292,6 @@ impl Rig {
         let boxes: Vec<&str> = boxes.iter().map(String::as_str).collect();
         let rn = reconstruct_n_of(&self.cy, &boxes);
         self.timing[3] += t.elapsed();
-        let mut torn = false;
         for line in rn.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let mut words = line.split_whitespace();
             let mailbox = words.next().unwrap_or_default();
@@ -227,21 +318,8 @@ impl Rig {
                         "{what}: acknowledged {id} has no record in {mailbox}: {line}"
                     );
                 }
-                // A QUIT killed between rewriting the records in place and writing the
-                // header (Cyrus's own mailbox_commit has the same window).
-                ["uid", _, "future", "modseq", _, "found"] | ["updating", _, _, "=>", _]
-                    if torn_ok =>
-                {
-                    torn = true
-                }
                 _ => panic!("{what}: reconstruct -n reports {line:?}\n{rn}"),
             }
-        }
-        if torn && self.torn_quit == 0 {
-            eprintln!("crash: first stale index header after: {what}\n{rn}");
-        }
-        if torn {
-            self.torn_quit += 1;
         }
         // Files of deliveries now acknowledged, and every file a record points at, are
         // from now on known.
@@ -449,6 +527,50 @@ fn lmtp_delivery_and_pop3_quit_survive_kills_at_every_step() {
         rig.kills += 1;
         rig.check(&format!("POP3 kill {k} after {d:?}"), true);
     }
+    // --- The repair killed at each of its crash points: a QUIT killed at its first crash
+    // point (records rewritten, header not) leaves the header stale, then a POP3 login
+    // repairs it with CYRKIT_CRASH_AT=n.
+    let mut repair_steps = 0;
+    for n in 1..=20 {
+        if imap_message_ids(&rig.cy, POPPER).len() < 2 {
+            top_up(&mut rig, 6);
+        }
+        assert!(quit(&mut rig, Some(1), None), "QUIT crash point 1");
+        assert!(
+            rig.torn_records() > 0,
+            "QUIT crash point 1 leaves no stale header"
+        );
+        rig.kills += 1;
+        rig.crash_point_kills += 1;
+        let mut server = rig.server(Some(n));
+        let login = pop3_login(rig.pport, POPPER, "pw");
+        if login.is_ok() && server.wait_exit(Duration::from_millis(300)).is_none() {
+            // The login's repair ran to its end; no QUIT (that would commit).
+            drop(login);
+            assert!(server.stop().is_some_and(|s| s.success()));
+            assert_eq!(rig.torn_records(), 0, "a completed login repairs");
+            repair_steps = n - 1;
+            rig.check("repair by a login", true);
+            break;
+        }
+        assert!(
+            server.wait_exit(Duration::from_secs(10)).is_some(),
+            "server did not abort at repair crash point {n}"
+        );
+        rig.kills += 1;
+        rig.crash_point_kills += 1;
+        rig.check(&format!("repair crash point {n}"), true);
+    }
+    assert!(
+        repair_steps >= 2,
+        "only {repair_steps} crash points in a repair"
+    );
+    eprintln!(
+        "crash: a repair at login has {repair_steps} crash points, each killed on a header \
+         left stale by QUIT crash point 1 ({:?})",
+        started.elapsed()
+    );
+
     // A last QUIT completes.
     if imap_message_ids(&rig.cy, POPPER).len() < 2 {
         top_up(&mut rig, 6);
@@ -464,10 +586,22 @@ fn lmtp_delivery_and_pop3_quit_survive_kills_at_every_step() {
         rig.acked.len()
     );
     eprintln!(
-        "crash: {} POP3 kills left the index header stale (counts, highestmodseq); time in \
-         server start-up {:?}, file checks {:?}, imapd {:?}, reconstruct -n {:?}",
-        rig.torn_quit, rig.timing[0], rig.timing[1], rig.timing[2], rig.timing[3]
+        "crash: {} POP3 kills left the index header stale (counts, highestmodseq), {} \
+         repairs logged by the next session ({} sessions: POP3 login + QUIT and LMTP \
+         delivery in turn); time in server \
+         start-up {:?}, file checks {:?}, imapd {:?}, reconstruct -n {:?}",
+        rig.torn_quit,
+        rig.repaired,
+        rig.repair_sessions,
+        rig.timing[0],
+        rig.timing[1],
+        rig.timing[2],
+        rig.timing[3]
     );
+    // The stale state was produced (crash point 1 of every QUIT, and random kills), so
+    // the clean `reconstruct -n` after each proves the repair.
+    assert!(rig.torn_quit > 0, "no kill left a stale index header");
+    assert_eq!(rig.repaired, rig.torn_quit, "a stale header not repaired");
     assert!(rig.kills >= 200, "only {} kills", rig.kills);
     let left = stage_files(&rig.cy.spool_dir());
     eprintln!("crash: stage files left by killed servers: {}", left.len());

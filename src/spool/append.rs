@@ -21,8 +21,10 @@
 //! A crash before 5 leaves records past `num_records` (Cyrus ignores them and overwrites
 //! them on its next append), cache entries nothing points at (harmless; a repack drops
 //! them) and message files without a record (uid > `last_uid`; Cyrus's `reconstruct`
-//! adopts them). A crash in 4 with changed records (not appends) leaves header counts
-//! that `reconstruct` recomputes; Cyrus has the same window.
+//! adopts them). A crash in 4 with changed records (not appends) leaves records newer than
+//! the header, whose counts still include the old records (Cyrus has the same window):
+//! the next open for writing or POP3 login repairs it, under the exclusive index lock,
+//! from the records ([`repair_torn_commit`]).
 //!
 //! # What a Cyrus 3.6 delivery touches, and what is kept here
 //! With the Debian defaults (`conversations: no`, `statuscache: no`, `sync_log: no`):
@@ -662,7 +664,7 @@ impl MailboxWriter {
             .file();
         let index_bytes =
             crate::spool::db::map_file(index_file).map_err(AppendError::io(&files.index))?;
-        let header = index::parse_header(&index_bytes)
+        let mut header = index::parse_header(&index_bytes)
             .map_err(|e| AppendError::corrupt(&files.index, e.to_string()))?;
         let version = header.minor_version;
         let (Some(hsize), Some(rsize)) = (index::header_size(version), index::record_size(version))
@@ -696,6 +698,10 @@ impl MailboxWriter {
             return Err(AppendError::MailboxUnknown {
                 name: lossy(internal_name),
             });
+        }
+        // The map is shared: it shows the repaired header as well.
+        if let Some(r) = repair_torn_commit(ctx, internal_name, &files, index_file, &index_bytes)? {
+            header = r.new;
         }
         let mbh = read_mailbox_header(&files.header)?;
         let uniqueid = mbh
@@ -1220,6 +1226,213 @@ impl Drop for MailboxWriter {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// A commit cut short between its records and its header
+
+/// What [`repair_torn_commit`] found and changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornRepair {
+    /// Records within `num_records` whose modseq is above the header's `highestmodseq`.
+    pub torn_records: u32,
+    /// The header as it was (stale).
+    pub old: IndexHeader,
+    /// The header written, recomputed from the records.
+    pub new: IndexHeader,
+    /// Whether the quota root was charged the usage change (see [`repair_torn_commit`]).
+    pub quota_charged: bool,
+}
+
+/// Repair a `cyrus.index` whose last commit was killed after step 4 (records rewritten in
+/// place) and before step 5 (the header) — see the module docs. `index` is the file, locked
+/// exclusively (with the *U* and mailbox namelocks), `bytes` its contents.
+///
+/// The torn state is a record within `num_records` whose modseq is above the header's
+/// `highestmodseq`: every rewritten record gets a new modseq, and only the header that was not
+/// written would have raised `highestmodseq` to it (Cyrus's `reconstruct` reports it as
+/// "uid N future modseq M found"). Appended records past `num_records` are ignored, as Cyrus
+/// ignores them. Only the modseq field of each record is read unless the state is found, so
+/// the check costs an open next to nothing.
+///
+/// The repair recounts the header from the records as `mailbox_index_recalc` does (counts,
+/// quota sums, `sync_crc_basic`, `sync_crc_annot` — kept as stored when `cyrus.annotations`
+/// holds entries, which the index alone cannot sum — `highestmodseq` = the highest record
+/// modseq, `first_expunged` and the unlink/repack options the killed commit would have set),
+/// writes it and fsyncs. Then the quota root is charged the change from the stale header's
+/// usage to the recounted one: the killed commit shrank the mailbox and charges a shrinking
+/// mailbox only after its header, so the root still holds the old usage. A growing change is
+/// charged before the header, as a commit does, so that a kill in between leaves the root
+/// counting too much, never too little. When records past `num_records` are also newer than
+/// the header (a commit that appended too, which charges before its records), the root may
+/// already hold the change and is not charged: it stays above the messages until `quota -f`.
+///
+/// `Ok(None)`: nothing to repair, or a record that does not pass its CRC (then the header is
+/// left alone and the mailbox needs `reconstruct`; logged).
+pub fn repair_torn_commit(
+    ctx: &SpoolContext,
+    internal_name: &[u8],
+    files: &MailboxFiles,
+    index: &File,
+    bytes: &[u8],
+) -> Result<Option<TornRepair>, AppendError> {
+    let path = &files.index;
+    let bad = |e: index::IndexError| AppendError::corrupt(path, e.to_string());
+    let old = index::parse_header(bytes).map_err(bad)?;
+    let version = old.minor_version;
+    let (Some(hsize), Some(rsize)) = (index::header_size(version), index::record_size(version))
+    else {
+        return Ok(None);
+    };
+    let modseq_at = if version >= 20 {
+        index::V20_OFFSET_MODSEQ
+    } else {
+        index::OFFSET_MODSEQ
+    };
+    let record = |recno: u32| -> Option<&[u8]> {
+        let off = (hsize as u64).checked_add(u64::from(recno).checked_mul(rsize as u64)?)?;
+        let off = usize::try_from(off).ok()?;
+        bytes.get(off..off.checked_add(rsize)?)
+    };
+    let modseq = |rec: &[u8]| -> u64 {
+        rec.get(modseq_at..modseq_at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes)
+    };
+    let mut torn = 0u32;
+    for recno in 0..old.num_records {
+        let Some(rec) = record(recno) else {
+            return Ok(None);
+        };
+        if modseq(rec) > old.highestmodseq {
+            torn = torn.saturating_add(1);
+        }
+    }
+    if torn == 0 {
+        return Ok(None);
+    }
+    let name = lossy(internal_name);
+    let mut records = Vec::with_capacity(old.num_records as usize);
+    for recno in 0..old.num_records {
+        let rec = record(recno).unwrap_or_default();
+        if !index::record_crc_ok(rec, version) {
+            log::error!(
+                "{name}: cyrus.index has records newer than its header (an interrupted \
+                 commit) but record {recno} fails its CRC: not repaired, run reconstruct"
+            );
+            return Ok(None);
+        }
+        records.push(index::parse_record(rec, version).map_err(bad)?);
+    }
+    // A commit that appended as well was charged before its records (see the docs).
+    let appended_too = (old.num_records..)
+        .map_while(record)
+        .any(|rec| modseq(rec) > old.highestmodseq);
+    let mbh = read_mailbox_header(&files.header)?;
+    let d = index::derive(&records, version, &mbh.user_flags, None);
+    let mut new = old.clone();
+    new.apply_derived(&d, version);
+    if version >= 13 && annotations_nonempty(&files.annotations) {
+        new.sync_crc_annot = old.sync_crc_annot;
+    }
+    new.highestmodseq = old.highestmodseq.max(d.max_modseq);
+    new.last_uid = old.last_uid.max(d.max_uid);
+    for r in records.iter().filter(|r| r.modseq > old.highestmodseq) {
+        // What update_record set on the header for these records.
+        if r.is_expunged() && (new.first_expunged == 0 || new.first_expunged > r.last_updated) {
+            new.first_expunged = r.last_updated;
+        }
+        if r.is_unlinked() {
+            if ctx.config.expunge_mode() == ExpungeMode::Immediate {
+                new.options |= index::OPT_MAILBOX_NEEDS_REPACK;
+            }
+            new.options |= index::OPT_MAILBOX_NEEDS_UNLINK;
+        }
+    }
+    let header_bytes = index::write_header(&new, version).map_err(bad)?;
+    // With the header CRC as written.
+    let new = index::parse_header(&header_bytes).map_err(bad)?;
+    let (old_use, new_use) = (mailbox_usage(&old), mailbox_usage(&new));
+    let root = mbh.quotaroot.as_deref().filter(|r| !r.is_empty());
+    let charge = || -> bool {
+        let (Some(root), Some(store)) = (root, &ctx.quota) else {
+            return false;
+        };
+        if appended_too || old_use == new_use {
+            return false;
+        }
+        let r = crate::spool::quota::charge_root(
+            store,
+            root,
+            internal_name,
+            &old_use,
+            &new_use,
+            ctx.lock_timeout,
+        );
+        if let Err(e) = &r {
+            log::error!(
+                "LOSTQUOTA: {name}: unable to record change of {} bytes and {} messages in \
+                 quota {} after repairing the index header: {e}",
+                new_use[0] as i128 - old_use[0] as i128,
+                new_use[1] as i128 - old_use[1] as i128,
+                lossy(root)
+            );
+        }
+        r.is_ok_and(|found| found)
+    };
+    let grows = old_use.iter().zip(&new_use).any(|(o, n)| n > o);
+    let mut charged = grows && charge();
+    index
+        .write_all_at(&header_bytes, 0)
+        .map_err(AppendError::io(path))?;
+    crash_point("repair-index-header");
+    index.sync_data().map_err(AppendError::io(path))?;
+    crash_point("repair-index-header-fsync");
+    if !grows {
+        charged = charge();
+    }
+    let quota = match root {
+        Some(r) if charged => format!(
+            "; quota root {} charged {:+} bytes, {:+} messages",
+            lossy(r),
+            new_use[0] as i128 - old_use[0] as i128,
+            new_use[1] as i128 - old_use[1] as i128
+        ),
+        Some(r) if appended_too => format!(
+            "; quota root {} not charged (appended records too: run quota -f)",
+            lossy(r)
+        ),
+        _ => String::new(),
+    };
+    log::warn!(
+        "{name}: repaired cyrus.index header left stale by an interrupted commit ({torn} \
+         records above highestmodseq {}): highestmodseq {} => {}, exists {} => {}, \
+         deleted {} => {}, quota_mailbox_used {} => {}{quota}",
+        old.highestmodseq,
+        old.highestmodseq,
+        new.highestmodseq,
+        old.exists,
+        new.exists,
+        old.deleted,
+        new.deleted,
+        old.quota_mailbox_used,
+        new.quota_mailbox_used,
+    );
+    Ok(Some(TornRepair {
+        torn_records: torn,
+        old,
+        new,
+        quota_charged: charged,
+    }))
+}
+
+/// Whether `cyrus.annotations` may hold an entry: false only when it is absent or holds none.
+fn annotations_nonempty(path: &Path) -> bool {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return e.kind() != io::ErrorKind::NotFound,
+    };
+    crate::format::twoskip::TwoskipDb::open(&bytes).map_or(true, |db| db.iter().next().is_some())
+}
+
 /// Open `cyrus.cache` for appending. A mailbox that never held a message may have none
 /// (Cyrus creates it on the first append, `mailbox_append_cache`): it is then created
 /// holding just the generation number of the index, with the directory's ownership.
@@ -1304,6 +1517,135 @@ mod tests {
         assert_eq!(ctx.remove_orphan_stage_files(), 1);
         assert!(!dead.exists());
         assert!(live.exists() && other.exists());
+    }
+
+    /// A copy of the `legacy` fixture (real Cyrus 3.6.1 files) and a context on it.
+    fn fixture_copy() -> (tempfile::TempDir, SpoolContext) {
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                let target = to.join(e.file_name());
+                if e.file_type().unwrap().is_dir() {
+                    copy(&e.path(), &target);
+                } else {
+                    std::fs::copy(e.path(), &target).unwrap();
+                }
+            }
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        copy(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/legacy"),
+            tmp.path(),
+        );
+        let config = Config::load(&tmp.path().join("imapd.conf")).unwrap();
+        let ctx = SpoolContext::open(Arc::new(config)).unwrap();
+        (tmp, ctx)
+    }
+
+    /// STORAGE and MESSAGE usage of quota root `root`.
+    fn root_used(ctx: &SpoolContext, root: &[u8]) -> (u64, u64) {
+        use crate::format::quota::Resource;
+        let store = ctx.quota.as_ref().unwrap();
+        let q = store
+            .lock_root(root, ctx.lock_timeout)
+            .unwrap()
+            .record
+            .unwrap();
+        (q.get(Resource::Storage).used, q.get(Resource::Message).used)
+    }
+
+    /// The records `recnos` of mailbox `name`'s index, as bytes.
+    fn record_bytes(ctx: &SpoolContext, name: &[u8], recnos: &[u32]) -> Vec<(u64, Vec<u8>)> {
+        let w = MailboxWriter::open(ctx, name).unwrap();
+        let index = std::fs::read(&w.files.index).unwrap();
+        recnos
+            .iter()
+            .map(|&n| {
+                let off = w.record_offset(n);
+                let at = off as usize;
+                (off, index[at..at + w.record_size as usize].to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn torn_commit_is_repaired_at_open_and_charged_once() {
+        const NAME: &[u8] = b"user.alice";
+        // A: a QUIT-like commit (two expunges, one \Seen) that completes.
+        let (_a_dir, a) = fixture_copy();
+        let (_b_dir, b) = fixture_copy();
+        let before = root_used(&a, NAME);
+        let mut w = MailboxWriter::open(&a, NAME).unwrap();
+        let stale = w.header().clone();
+        for recno in [1, 4] {
+            w.update_record(recno, &mut |r: &mut IndexRecord| {
+                r.system_flags |= FLAG_DELETED;
+                r.internal_flags |= index::FLAG_INTERNAL_EXPUNGED;
+            })
+            .unwrap();
+        }
+        w.update_record(2, &mut |r: &mut IndexRecord| r.system_flags |= FLAG_SEEN)
+            .unwrap();
+        let expunged_size = w.record(1).unwrap().size + w.record(4).unwrap().size;
+        w.commit().unwrap();
+        let committed = MailboxWriter::open(&a, NAME).unwrap().header().clone();
+        let after = root_used(&a, NAME);
+        assert_eq!(after, (before.0 - expunged_size, before.1 - 2));
+
+        // B: the same commit killed after its records were rewritten in place (crash point
+        // append-index-records): A's records in B's index, B's header untouched.
+        let index_path = MailboxWriter::open(&b, NAME).unwrap().files.index.clone();
+        let f = OpenOptions::new().write(true).open(&index_path).unwrap();
+        for (off, bytes) in record_bytes(&a, NAME, &[1, 2, 4]) {
+            f.write_all_at(&bytes, off).unwrap();
+        }
+        drop(f);
+        let torn = std::fs::read(&index_path).unwrap();
+        assert_eq!(index::parse_header(&torn).unwrap(), stale);
+
+        // The first open repairs: the header the commit would have written, the root
+        // charged the expunges.
+        let w = MailboxWriter::open(&b, NAME).unwrap();
+        assert_eq!(w.header(), &committed);
+        assert_eq!(w.header().exists, stale.exists - 2);
+        assert_eq!(w.header().highestmodseq, stale.highestmodseq + 3);
+        drop(w);
+        let on_disk = index::parse_header(&std::fs::read(&index_path).unwrap()).unwrap();
+        assert_eq!(on_disk, committed);
+        assert_eq!(root_used(&b, NAME), after);
+
+        // A second open (writer or the repair alone) changes nothing.
+        let w = MailboxWriter::open(&b, NAME).unwrap();
+        assert_eq!(w.header(), &committed);
+        let bytes = std::fs::read(&index_path).unwrap();
+        let files = w.files.clone();
+        let r = repair_torn_commit(&b, NAME, &files, w.locks.last().unwrap().file(), &bytes);
+        assert_eq!(r.unwrap(), None);
+        drop(w);
+        assert_eq!(root_used(&b, NAME), after);
+        assert_eq!(std::fs::read(&index_path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn torn_records_failing_their_crc_are_left_to_reconstruct() {
+        const NAME: &[u8] = b"user.alice";
+        let (_dir, ctx) = fixture_copy();
+        let before = root_used(&ctx, NAME);
+        let w = MailboxWriter::open(&ctx, NAME).unwrap();
+        let stale = w.header().clone();
+        let (off, path) = (w.record_offset(0), w.files.index.clone());
+        drop(w);
+        // A modseq above the header's, without the record CRC matching.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let modseq = (stale.highestmodseq + 5).to_be_bytes();
+        f.write_all_at(&modseq, off + index::OFFSET_MODSEQ as u64)
+            .unwrap();
+        drop(f);
+        let w = MailboxWriter::open(&ctx, NAME).unwrap();
+        assert_eq!(w.header(), &stale);
+        drop(w);
+        assert_eq!(root_used(&ctx, NAME), before);
     }
 
     #[test]

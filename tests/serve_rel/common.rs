@@ -269,14 +269,7 @@ impl Client {
 
     /// An SMTP-style reply (continuation lines `NNN-`): all its lines.
     pub fn reply(&mut self) -> io::Result<String> {
-        let mut out = String::new();
-        loop {
-            let l = self.line()?;
-            out.push_str(&l);
-            if l.as_bytes().get(3) != Some(&b'-') {
-                return Ok(out);
-            }
-        }
+        reply_from(|| self.line())
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -311,6 +304,18 @@ impl Client {
         let mut v = Vec::new();
         let _ = self.r.read_to_end(&mut v);
         v
+    }
+}
+
+/// An SMTP-style reply (continuation lines `NNN-`) from the lines `line` reads.
+pub fn reply_from(mut line: impl FnMut() -> io::Result<String>) -> io::Result<String> {
+    let mut out = String::new();
+    loop {
+        let l = line()?;
+        out.push_str(&l);
+        if l.as_bytes().get(3) != Some(&b'-') {
+            return Ok(out);
+        }
     }
 }
 

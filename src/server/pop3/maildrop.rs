@@ -2,7 +2,8 @@
 //! pop3d's `openinbox` opens it.
 //!
 //! At login: `*U*user` namelock (exclusive), mailbox namelock (shared), `cyrus.index` write
-//! lock; the message list is read (UID order, not expunged, with `popuseimapflags` not
+//! lock; a header left stale by a killed commit is repaired
+//! ([`repair_torn_commit`](crate::spool::append::repair_torn_commit)); the message list is read (UID order, not expunged, with `popuseimapflags` not
 //! `\Deleted`, internaldate after `pop3_show_after`, at most `exists` entries) and
 //! `popminpoll` checked; then the index and `*U*` locks are released and only the shared
 //! mailbox namelock is kept for the session (it blocks DELETE/RENAME, not delivery or IMAP).
@@ -22,7 +23,7 @@ use super::{LoginTarget, Maildrop, MaildropStore, MessageInfo, OpenError, Pop3Co
 use crate::format::index::{
     self, Index, IndexRecord, FLAG_DELETED, FLAG_INTERNAL_EXPUNGED, FLAG_SEEN, OPT_POP3_NEW_UIDL,
 };
-use crate::spool::append::{AppendError, MailboxWriter, SpoolContext};
+use crate::spool::append::{repair_torn_commit, AppendError, MailboxWriter, SpoolContext};
 use crate::spool::config::Config;
 use crate::spool::lock::{self, FileLock, LockMode};
 use crate::spool::mailbox::{self, MailboxFiles};
@@ -168,7 +169,7 @@ impl MaildropStore for SpoolStore {
                 lock::LockError::Open { .. } => OpenError::Perm(ERR_NONEXISTENT.into()),
                 e => perm("index lock", &e),
             })?;
-        let buf = {
+        let mut buf = {
             let mut b = Vec::new();
             index_lock
                 .file()
@@ -176,6 +177,21 @@ impl MaildropStore for SpoolStore {
                 .map_err(|e| perm("reading cyrus.index", &e))?;
             b
         };
+        // A commit killed between its records and its header (see spool::append): repaired
+        // here, under the same locks a QUIT takes, so that even a session that never QUITs
+        // leaves the mailbox consistent. The listing reads the records, which are right
+        // either way; a failed repair is logged and left to the next open.
+        match repair_torn_commit(&self.ctx, &internal, &files, index_lock.file(), &buf) {
+            Ok(Some(r)) => {
+                if let Ok(h) = index::write_header(&r.new, r.new.minor_version) {
+                    if let Some(head) = buf.get_mut(..h.len()) {
+                        head.copy_from_slice(&h);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("IOERROR: {name}: repairing cyrus.index: {e}"),
+        }
         let listing = scan_index(&buf, &self.cfg, t.recent, login_time).map_err(|e| {
             log::error!("IOERROR: {}: cyrus.index: {e}", files.index.display());
             e
