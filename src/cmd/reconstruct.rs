@@ -884,29 +884,181 @@ impl std::hash::Hasher for KeyHasher {
 
 type ParseMap = HashMap<ParseKey, Parsed, std::hash::BuildHasherDefault<KeyHasher>>;
 
-/// Parse results by file identity. The bulk (from [`Parser::prefetch`]) is a vector sorted
-/// by key, sized exactly: a hash map of 100 000s of them would cost up to twice the bytes
-/// (its table is a power of two at most 7/8 full: 2^21 slots of 104 bytes for 1M
-/// messages). The few files parsed one at a time go to a small map.
+/// Parse results by file. The bulk (from [`Parser::prefetch`]) is not held in memory: each
+/// prefetch writes its results to a [`SlotTable`] file, one slot per file in the order of its
+/// list (ascending UIDs), and only that list's UIDs are kept (4 bytes per file, against 104
+/// for a key and its result) to find a file's slot; a slot read back counts only if the key
+/// stored in it is the file's identity now (a re-plan under the lock may list a changed
+/// file under the same UID). The few files parsed one at a time, and every result when the
+/// table cannot be written, go to a small map.
 #[derive(Default)]
 struct ParseResults {
-    sorted: Vec<(ParseKey, Parsed)>,
+    table: Option<SlotTable>,
+    /// Per prefetch: its first slot and the UIDs of its files, ascending.
+    runs: Vec<(u64, Vec<u32>)>,
     more: ParseMap,
 }
 
 impl ParseResults {
-    fn get(&self, key: &ParseKey) -> Option<&Parsed> {
-        match self.sorted.binary_search_by(|(k, _)| k.cmp(key)) {
-            Ok(i) => self.sorted.get(i).map(|(_, p)| p),
-            Err(_) => self.more.get(key),
+    /// The result for `f` as it is listed now; `None`: not parsed (or its parse failed).
+    fn get(&mut self, f: &MessageFile) -> Option<Parsed> {
+        let key = parse_key(f);
+        if let Some(table) = &mut self.table {
+            for (first, uids) in self.runs.iter().rev() {
+                let Ok(i) = uids.binary_search(&f.uid) else {
+                    continue;
+                };
+                let slot = first.saturating_add(i as u64);
+                if let Some((k, p)) = table.read(slot) {
+                    if k == key {
+                        return Some(p);
+                    }
+                }
+            }
         }
+        self.more.get(&key).copied()
+    }
+}
+
+/// Bytes of a [`SlotTable`] slot: the file's [`ParseKey`] (dev, ino, size, mtime), the
+/// [`Parsed`] fields in declaration order, and [`SLOT_VALID`] (zeros in a slot whose parse
+/// failed, or that was never written), all little-endian.
+const SLOT: usize = 104;
+/// Offset of the valid mark in a slot.
+const SLOT_OFFSET_VALID: usize = 100;
+/// The valid mark ("SLOT").
+const SLOT_VALID: u32 = 0x544f_4c53;
+/// Slots a [`SlotTable`] reads at once (256 KB).
+const SLOT_WINDOW: usize = 256 * 1024 / SLOT;
+
+/// Packs `key` and `p` (`None`: a failed parse, an invalid slot) as one slot onto `out`.
+fn pack_slot(key: &ParseKey, p: Option<&Parsed>, out: &mut Vec<u8>) {
+    let start = out.len();
+    let (dev, ino, size, mtime) = *key;
+    for v in [dev, ino, size] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&mtime.to_le_bytes());
+    match p {
+        Some(p) => {
+            out.extend_from_slice(&p.guid);
+            out.extend_from_slice(&p.size.to_le_bytes());
+            out.extend_from_slice(&p.header_size.to_le_bytes());
+            for v in [p.sentdate, p.gmtime, p.entry_off, p.entry_len] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&p.entry_crc.to_le_bytes());
+            out.extend_from_slice(&SLOT_VALID.to_le_bytes());
+        }
+        None => out.resize(start + SLOT, 0),
+    }
+    debug_assert_eq!(out.len() - start, SLOT);
+}
+
+/// The key and result [`pack_slot`] packed into `b` (`None`: invalid or short).
+fn unpack_slot(b: &[u8]) -> Option<(ParseKey, Parsed)> {
+    let u64_at =
+        |o: usize| -> Option<u64> { Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?)) };
+    let u32_at =
+        |o: usize| -> Option<u32> { Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?)) };
+    if u32_at(SLOT_OFFSET_VALID)? != SLOT_VALID {
+        return None;
+    }
+    let key = (u64_at(0)?, u64_at(8)?, u64_at(16)?, u64_at(24)? as i64);
+    Some((
+        key,
+        Parsed {
+            guid: b.get(32..52)?.try_into().ok()?,
+            size: u64_at(52)?,
+            header_size: u32_at(60)?,
+            sentdate: u64_at(64)?,
+            gmtime: u64_at(72)?,
+            entry_off: u64_at(80)?,
+            entry_len: u64_at(88)?,
+            entry_crc: u32_at(96)?,
+        },
+    ))
+}
+
+/// Fixed-size slots of parse results in an unnamed file, read back through a window: the
+/// plan asks for them mostly in the order they were written (old records by UID, then the
+/// files found, then those rediscovered), so a miss refills the window from the slot asked
+/// for onwards.
+struct SlotTable {
+    file: std::fs::File,
+    /// Slots allotted so far (a slot never written reads as zeros, or past the end: absent).
+    len: u64,
+    window: Vec<u8>,
+    /// The first slot in `window`, and how many it holds.
+    win_first: u64,
+    win_count: u64,
+}
+
+impl SlotTable {
+    /// An unnamed file in `dir` (where the plan's other spills go), else in the temporary
+    /// directory.
+    fn create(dir: &std::path::Path) -> std::io::Result<SlotTable> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let unnamed = |d: &std::path::Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_TMPFILE)
+                .open(d)
+        };
+        let file = unnamed(dir).or_else(|_| unnamed(&std::env::temp_dir()))?;
+        Ok(SlotTable {
+            file,
+            len: 0,
+            window: Vec::new(),
+            win_first: 0,
+            win_count: 0,
+        })
     }
 
-    /// Adds a batch; keys already present stay findable (equal keys are the same file).
-    fn extend(&mut self, batch: Vec<(ParseKey, Parsed)>) {
-        self.sorted.reserve_exact(batch.len());
-        self.sorted.extend(batch);
-        self.sorted.sort_unstable_by_key(|e| e.0);
+    /// Writes packed slots from slot `first` on (callable from several threads at once, for
+    /// slots that do not overlap).
+    fn write(&self, first: u64, slots: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let off = first
+            .checked_mul(SLOT as u64)
+            .ok_or_else(|| std::io::Error::other("slot offset overflows"))?;
+        self.file.write_all_at(slots, off)
+    }
+
+    /// The key and result in `slot`, through the window (`None`: invalid, unwritten,
+    /// unreadable).
+    fn read(&mut self, slot: u64) -> Option<(ParseKey, Parsed)> {
+        use std::os::unix::fs::FileExt;
+        if slot >= self.len {
+            return None;
+        }
+        if !(self.win_first..self.win_first.saturating_add(self.win_count)).contains(&slot) {
+            let n = usize::try_from((self.len - slot).min(SLOT_WINDOW as u64)).ok()?;
+            self.window.resize(n * SLOT, 0);
+            self.win_first = slot;
+            self.win_count = 0;
+            let mut got = 0usize;
+            let off = slot.checked_mul(SLOT as u64)?;
+            while got < self.window.len() {
+                match self
+                    .file
+                    .read_at(self.window.get_mut(got..)?, off.saturating_add(got as u64))
+                {
+                    Ok(0) => break,
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            self.win_count = (got / SLOT) as u64;
+        }
+        let i = slot
+            .checked_sub(self.win_first)
+            .filter(|&i| i < self.win_count)?;
+        let i = usize::try_from(i).ok()?;
+        unpack_slot(self.window.get(i * SLOT..(i + 1) * SLOT)?)
     }
 }
 
@@ -933,6 +1085,8 @@ struct Parser<'a> {
     /// The data directory, and an open descriptor of it when it could be opened: message
     /// files (all from its listing) are opened relative to it.
     dir: (&'a std::path::Path, Option<DirFd>),
+    /// Where the [`SlotTable`] of results goes (the plan's spill directory).
+    table_dir: PathBuf,
     done: ParseResults,
     buf: Vec<u8>,
 }
@@ -1008,19 +1162,33 @@ impl Parser<'_> {
     /// [`PREFETCH_CHUNK`] consecutive files whose entries are spilled with one write: a run's
     /// entries lie in the spill in the order of `files` (the order the plan pushes them), so
     /// the new cache is copied from the spill in long ranges, not one range per message.
-    /// Failures are not kept: the plan meets them again through [`Parser::parse`], which
-    /// reports them.
+    /// Each run's results go to the [`SlotTable`] with one write too (none is held for the
+    /// whole prefetch). Failures are not kept: the plan meets them again through
+    /// [`Parser::parse`], which reports them.
     fn prefetch(&mut self, files: &[&MessageFile]) {
         use rayon::prelude::*;
-        let todo: Vec<&MessageFile> = files
-            .iter()
-            .copied()
-            .filter(|f| self.done.get(&parse_key(f)).is_none())
-            .collect();
+        let mut todo: Vec<&MessageFile> = Vec::new();
+        for f in files {
+            if self.done.get(f).is_none() {
+                todo.push(f);
+            }
+        }
+        if todo.is_empty() {
+            return;
+        }
+        // Slots are found by binary search over the UIDs (the plan lists them ascending).
+        todo.sort_by_key(|f| f.uid);
+        if self.done.table.is_none() {
+            self.done.table = SlotTable::create(&self.table_dir).ok();
+        }
+        let first = self.done.table.as_ref().map_or(0, |t| t.len);
         let (opts, spill, dir) = (self.opts, &*self.spill, (self.dir.0, self.dir.1.as_ref()));
-        let parsed: Vec<Vec<Option<Parsed>>> = todo
+        let table = self.done.table.as_ref();
+        // Only the results whose slots could not be written come back.
+        let unsaved: Vec<Vec<(ParseKey, Parsed)>> = todo
             .par_chunks(PREFETCH_CHUNK)
-            .map_init(Vec::new, |buf, chunk| {
+            .enumerate()
+            .map_init(Vec::new, |buf, (c, chunk)| {
                 let mut entries = Vec::new();
                 let mut ps: Vec<Option<Parsed>> = chunk
                     .iter()
@@ -1033,23 +1201,33 @@ impl Parser<'_> {
                         .for_each(|p| p.entry_off = p.entry_off.saturating_add(base)),
                     Err(_) => ps.iter_mut().for_each(|p| *p = None),
                 }
-                ps
+                let mut slots = Vec::with_capacity(chunk.len() * SLOT);
+                for (f, p) in chunk.iter().zip(&ps) {
+                    pack_slot(&parse_key(f), p.as_ref(), &mut slots);
+                }
+                let at = first.saturating_add((c * PREFETCH_CHUNK) as u64);
+                match table.map(|t| t.write(at, &slots)) {
+                    Some(Ok(())) => Vec::new(),
+                    _ => chunk
+                        .iter()
+                        .zip(ps)
+                        .filter_map(|(f, p)| Some((parse_key(f), p?)))
+                        .collect(),
+                }
             })
             .collect();
-        let mut batch = Vec::with_capacity(todo.len());
-        for (f, p) in todo.iter().zip(parsed.into_iter().flatten()) {
-            if let Some(p) = p {
-                batch.push((parse_key(f), p));
-            }
+        self.done.more.extend(unsaved.into_iter().flatten());
+        if let Some(t) = &mut self.done.table {
+            t.len = first.saturating_add(todo.len() as u64);
+            self.done
+                .runs
+                .push((first, todo.iter().map(|f| f.uid).collect()));
         }
-        drop(todo);
-        self.done.extend(batch);
     }
 
     fn parse(&mut self, f: &MessageFile) -> std::io::Result<Parsed> {
-        let key = parse_key(f);
-        if let Some(p) = self.done.get(&key) {
-            return Ok(*p);
+        if let Some(p) = self.done.get(f) {
+            return Ok(p);
         }
         let mut entry = Vec::new();
         let mut p = Self::parse_file(
@@ -1060,7 +1238,7 @@ impl Parser<'_> {
             &mut entry,
         )?;
         p.entry_off = self.spill.append(&entry)?;
-        self.done.more.insert(key, p);
+        self.done.more.insert(parse_key(f), p);
         Ok(p)
     }
 }
@@ -1117,13 +1295,6 @@ impl Env<'_> {
         } else {
             Spill::discard()
         };
-        let mut parse = Parser {
-            opts: &self.opts.parse,
-            spill: Arc::new(spill),
-            dir: (&files.data_dir, DirFd::open(&files.data_dir).ok()),
-            done: ParseResults::default(),
-            buf: Vec::new(),
-        };
         let ctx = PlanCtx {
             name: &report.internal,
             ext: &report.mailbox,
@@ -1134,6 +1305,14 @@ impl Env<'_> {
             quotaroot: crate::spool::quota::owning_root(self.quota_roots, &m.name.to_internal())
                 .map(<[u8]>::to_vec),
             fresh: origin == Origin::Fresh,
+        };
+        let mut parse = Parser {
+            opts: &self.opts.parse,
+            spill: Arc::new(spill),
+            dir: (&files.data_dir, DirFd::open(&files.data_dir).ok()),
+            table_dir: ctx.spill_dir(),
+            done: ParseResults::default(),
+            buf: Vec::new(),
         };
         // A new mailbox (-x) is built from the message files alone.
         let read = |files: &MailboxFiles| -> std::io::Result<Snapshot> {
@@ -2661,28 +2840,187 @@ mod tests {
         );
     }
 
+    fn parsed(off: u64) -> Parsed {
+        Parsed {
+            guid: [7; 20],
+            size: off + 1,
+            header_size: 3,
+            sentdate: 4,
+            gmtime: 5,
+            entry_off: off,
+            entry_len: 6,
+            entry_crc: 8,
+        }
+    }
+
+    fn listed(uid: u32, ino: u64, size: u64) -> MessageFile {
+        MessageFile {
+            uid,
+            name_len: 3,
+            size,
+            mtime: -1,
+            dev: 1,
+            ino,
+        }
+    }
+
     #[test]
     fn parse_results_find_batches_and_single_files() {
-        let parsed = |off: u64| Parsed {
-            guid: [0; 20],
-            size: 1,
-            header_size: 0,
-            sentdate: 0,
-            gmtime: 0,
-            entry_off: off,
-            entry_len: 0,
-            entry_crc: 0,
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = ParseResults {
+            table: Some(SlotTable::create(tmp.path()).unwrap()),
+            ..ParseResults::default()
         };
-        let mut r = ParseResults::default();
-        r.extend(vec![((1, 9, 0, 0), parsed(9)), ((1, 2, 0, 0), parsed(2))]);
-        r.extend(vec![((1, 5, 0, 0), parsed(5))]);
-        r.more.insert((2, 1, 0, 0), parsed(21));
-        let off = |k: ParseKey| r.get(&k).map(|p| p.entry_off);
-        assert_eq!(off((1, 2, 0, 0)), Some(2));
-        assert_eq!(off((1, 5, 0, 0)), Some(5));
-        assert_eq!(off((1, 9, 0, 0)), Some(9));
-        assert_eq!(off((2, 1, 0, 0)), Some(21));
-        assert_eq!(off((1, 9, 1, 0)), None);
+        // Two prefetches (the second as a re-plan's, which saw uid 9 changed), a failed
+        // parse (uid 4), a single file.
+        let mut slots = Vec::new();
+        for (uid, p) in [(2, Some(parsed(2))), (4, None), (9, Some(parsed(9)))] {
+            pack_slot(
+                &parse_key(&listed(uid, u64::from(uid), 10)),
+                p.as_ref(),
+                &mut slots,
+            );
+        }
+        let t = r.table.as_mut().unwrap();
+        t.write(0, &slots).unwrap();
+        slots.clear();
+        pack_slot(&parse_key(&listed(9, 9, 11)), Some(&parsed(90)), &mut slots);
+        t.write(3, &slots).unwrap();
+        t.len = 4;
+        r.runs = vec![(0, vec![2, 4, 9]), (3, vec![9])];
+        r.more.insert(parse_key(&listed(5, 5, 10)), parsed(5));
+        let off = |r: &mut ParseResults, f: MessageFile| r.get(&f).map(|p| p.entry_off);
+        assert_eq!(off(&mut r, listed(2, 2, 10)), Some(2));
+        assert_eq!(r.get(&listed(2, 2, 10)).map(|p| p.size), Some(3));
+        assert_eq!(
+            off(&mut r, listed(4, 4, 10)),
+            None,
+            "a failed parse is parsed again"
+        );
+        assert_eq!(off(&mut r, listed(9, 9, 10)), Some(9));
+        assert_eq!(off(&mut r, listed(9, 9, 11)), Some(90));
+        assert_eq!(off(&mut r, listed(5, 5, 10)), Some(5));
+        // Same UID, another file: not the stored result.
+        assert_eq!(off(&mut r, listed(2, 3, 10)), None);
+        assert_eq!(off(&mut r, listed(2, 2, 12)), None);
+        assert_eq!(off(&mut r, listed(3, 3, 10)), None);
+    }
+
+    #[test]
+    fn slot_table_round_trips_through_its_window() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut t = SlotTable::create(tmp.path()).unwrap();
+        let n = 2 * SLOT_WINDOW as u64 + 10;
+        let failed = SLOT_WINDOW as u64; // the first slot of the second window
+        let key = |i: u64| (3, i, i * 2, -(i as i64));
+        // Written in chunks out of order, as parallel tasks do.
+        let chunk = 100u64;
+        let mut starts: Vec<u64> = (0..n.div_ceil(chunk)).map(|c| c * chunk).collect();
+        starts.reverse();
+        for s in starts {
+            let mut slots = Vec::new();
+            for i in s..(s + chunk).min(n) {
+                let p = (i != failed).then(|| parsed(i));
+                pack_slot(&key(i), p.as_ref(), &mut slots);
+            }
+            t.write(s, &slots).unwrap();
+        }
+        t.len = n;
+        let check = |t: &mut SlotTable, i: u64| {
+            let got = t.read(i);
+            if i == failed {
+                assert!(got.is_none(), "slot {i}");
+            } else {
+                let (k, p) = got.unwrap_or_else(|| panic!("slot {i}"));
+                assert_eq!(k, key(i));
+                assert_eq!((p.entry_off, p.size, p.guid), (i, i + 1, [7; 20]));
+                assert_eq!((p.header_size, p.sentdate, p.gmtime), (3, 4, 5));
+                assert_eq!((p.entry_len, p.entry_crc), (6, 8));
+            }
+        };
+        for i in 0..n {
+            check(&mut t, i);
+        }
+        assert_eq!(t.win_first, 2 * SLOT_WINDOW as u64);
+        for i in (0..n).rev().step_by(7) {
+            check(&mut t, i);
+        }
+        for i in [SLOT_WINDOW as u64 - 1, SLOT_WINDOW as u64 + 1, 0, n - 1] {
+            check(&mut t, i);
+        }
+        assert!(t.read(n).is_none());
+        // Allotted but never written (a chunk whose write failed): absent.
+        t.len = n + 5;
+        assert!(t.read(n + 2).is_none());
+        check(&mut t, 5);
+    }
+
+    #[test]
+    fn prefetched_files_are_read_back_and_changed_ones_parsed_again() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let put = |uid: u32, text: &str| {
+            let path = tmp.path().join(format!("{uid}."));
+            std::fs::write(&path, text).unwrap();
+            let m = std::fs::metadata(&path).unwrap();
+            MessageFile {
+                uid,
+                name_len: u16::try_from(format!("{uid}.").len()).unwrap(),
+                size: m.len(),
+                mtime: m.mtime(),
+                dev: m.dev(),
+                ino: m.ino(),
+            }
+        };
+        let text = |uid: u32| format!("Subject: {uid}\r\nFrom: a@b\r\n\r\nbody {uid}\r\n");
+        let mut files: Vec<MessageFile> = (1..=600).map(|u| put(u, &text(u))).collect();
+        // Listed, then gone: its parse fails.
+        files.push(MessageFile {
+            ino: 1 << 40,
+            ..files[0].clone()
+        });
+        files.last_mut().unwrap().uid = 700;
+        let opts = crate::mime::ParseOptions::default();
+        let mut parser = Parser {
+            opts: &opts,
+            spill: Arc::new(Spill::memory()),
+            dir: (tmp.path(), None),
+            table_dir: tmp.path().to_path_buf(),
+            done: ParseResults::default(),
+            buf: Vec::new(),
+        };
+        let refs: Vec<&MessageFile> = files.iter().collect();
+        parser.prefetch(&refs);
+        assert_eq!(parser.done.runs.len(), 1);
+        assert!(parser.done.more.is_empty());
+        let fresh = |f: &MessageFile| {
+            let mut entries = Vec::new();
+            Parser::parse_file(&opts, (tmp.path(), None), f, &mut Vec::new(), &mut entries)
+        };
+        for f in &files[..600] {
+            let (a, b) = (parser.parse(f).unwrap(), fresh(f).unwrap());
+            assert_eq!(
+                (a.guid, a.size, a.header_size),
+                (b.guid, b.size, b.header_size)
+            );
+            assert_eq!((a.entry_len, a.entry_crc), (b.entry_len, b.entry_crc));
+        }
+        assert!(parser.done.more.is_empty(), "all read back from the table");
+        assert!(parser.parse(&files[600]).is_err());
+        // A re-plan sees uid 5 rewritten: parsed again, by itself or by a second prefetch.
+        files[4] = put(5, &format!("{}and more\r\n", text(5)));
+        let new5 = fresh(&files[4]).unwrap();
+        let refs: Vec<&MessageFile> = files.iter().collect();
+        parser.prefetch(&refs);
+        assert_eq!(parser.done.runs.len(), 2);
+        assert_eq!(parser.done.runs[1].1, vec![5, 700]);
+        let got = parser.parse(&files[4]).unwrap();
+        assert_eq!((got.guid, got.size), (new5.guid, new5.size));
+        assert_ne!(got.guid, parser.parse(&files[3]).unwrap().guid);
+        files[5] = put(6, &format!("{}changed\r\n", text(6)));
+        let got = parser.parse(&files[5]).unwrap();
+        assert_eq!(got.guid, fresh(&files[5]).unwrap().guid);
+        assert_eq!(parser.done.more.len(), 1);
     }
 
     #[test]
