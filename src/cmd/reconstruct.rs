@@ -138,19 +138,185 @@ struct Opts {
 }
 
 /// One change (or finding) in a mailbox: the Cyrus-style line and its facts.
-#[derive(Debug, Clone, Serialize)]
+///
+/// Fields in alphabetical order: the `--json` report is serialised straight to the output
+/// (see [`JsonReport`]) and must come out as the sorted maps of a `serde_json::Value` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
     pub kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<u32>,
     /// The report line as printed.
     pub line: Line,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+}
+
+/// The changes of one mailbox, in order. A run of "found" changes (one per message added to
+/// a mailbox whose index is lost, with no other change between them) is kept as the shared
+/// mailbox name and the UIDs' differences as LEB128 varints (a byte per message, instead of
+/// a 48-byte [`Change`] each); [`ChangeLog::iter`] and the serialisation (a JSON array of
+/// the changes) expand it into the same changes.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeLog {
+    items: Vec<Logged>,
+    len: usize,
+}
+
+#[derive(Debug, Clone)]
+enum Logged {
+    One(Change),
+    /// `{name} uid {uid} found - adding` for `first` and the UIDs `deltas` step to.
+    Found {
+        name: Arc<str>,
+        first: u32,
+        last: u32,
+        count: u64,
+        deltas: Vec<u8>,
+    },
+}
+
+fn found_change(name: &Arc<str>, uid: u32) -> Change {
+    Change {
+        kind: "found",
+        line: Line::Found(name.clone(), uid),
+        uid: Some(uid),
+    }
+}
+
+impl ChangeLog {
+    pub fn push(&mut self, c: Change) {
+        self.items.push(Logged::One(c));
+        self.len += 1;
+    }
+
+    /// Pushes `{name} uid {uid} found - adding` (kind `found`).
+    pub fn push_found(&mut self, name: &Arc<str>, uid: u32) {
+        self.len += 1;
+        if let Some(Logged::Found {
+            name: n,
+            last,
+            count,
+            deltas,
+            ..
+        }) = self.items.last_mut()
+        {
+            if (Arc::ptr_eq(n, name) || n == name) && uid >= *last {
+                let mut d = uid - *last;
+                while d >= 0x80 {
+                    deltas.push((d & 0x7f) as u8 | 0x80);
+                    d >>= 7;
+                }
+                deltas.push(d as u8);
+                *last = uid;
+                *count += 1;
+                return;
+            }
+        }
+        self.items.push(Logged::Found {
+            name: name.clone(),
+            first: uid,
+            last: uid,
+            count: 1,
+            deltas: Vec::new(),
+        });
+    }
+
+    /// How many changes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The changes in order (a run of "found" ones made one at a time).
+    pub fn iter(&self) -> ChangeIter<'_> {
+        ChangeIter {
+            items: self.items.iter(),
+            run: None,
+        }
+    }
+
+    /// Each change's kind with a count (a run of "found" changes once, with its length).
+    fn kind_counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.items.iter().map(|l| match l {
+            Logged::One(c) => (c.kind, 1),
+            Logged::Found { count, .. } => ("found", *count),
+        })
+    }
+}
+
+/// The changes of a [`ChangeLog`] in order.
+pub struct ChangeIter<'a> {
+    items: std::slice::Iter<'a, Logged>,
+    /// Within a run of "found" changes: its name, the next UID, the differences after it.
+    run: Option<(&'a Arc<str>, u32, &'a [u8])>,
+}
+
+impl<'a> Iterator for ChangeIter<'a> {
+    type Item = std::borrow::Cow<'a, Change>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some((name, uid, rest)) = self.run.take() {
+            // The next UID, if the run goes on: a varint of 7-bit groups, low group first.
+            let mut d = 0u32;
+            let mut shift = 0u32;
+            let mut used = 0usize;
+            for &b in rest {
+                used += 1;
+                d |= u32::from(b & 0x7f).checked_shl(shift).unwrap_or(0);
+                shift += 7;
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            if used > 0 {
+                let rest = rest.get(used..).unwrap_or_default();
+                self.run = Some((name, uid.saturating_add(d), rest));
+            }
+            return Some(std::borrow::Cow::Owned(found_change(name, uid)));
+        }
+        match self.items.next()? {
+            Logged::One(c) => Some(std::borrow::Cow::Borrowed(c)),
+            Logged::Found {
+                name,
+                first,
+                deltas,
+                ..
+            } => {
+                self.run = Some((name, *first, deltas));
+                self.next()
+            }
+        }
+    }
+}
+
+impl Serialize for ChangeLog {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.len))?;
+        for c in self.iter() {
+            seq.serialize_element(&*c)?;
+        }
+        seq.end()
+    }
+}
+
+/// The `--json` document, serialised field by field to the output (a `serde_json::Value`
+/// of it would hold every change of a mailbox whose index is lost, a few hundred bytes per
+/// message). Fields in alphabetical order, as the maps of a `Value` are.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    dry_run: bool,
+    mailboxes: &'a [MailboxReport],
+    not_found: &'a [String],
+    summary: serde_json::Value,
 }
 
 /// A report line. The one printed per message added to a mailbox whose index is lost is kept
 /// as its facts (the mailbox name shared), not as a `String` each (~50 bytes per message);
 /// it prints and serialises to the same text.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Line {
     Text(String),
     /// `{name} uid {uid} found - adding`
@@ -173,30 +339,34 @@ impl Serialize for Line {
 }
 
 /// The outcome for one mailbox.
+///
+/// Serialised fields in alphabetical order: the `--json` report is serialised straight to
+/// the output ([`JsonReport`]) and must come out as the sorted maps of a `serde_json::Value`
+/// did.
 #[derive(Debug, Clone, Serialize)]
 pub struct MailboxReport {
-    /// External name.
-    pub mailbox: String,
-    /// Internal name (what Cyrus's report lines use).
-    pub internal: String,
-    pub changes: Vec<Change>,
-    /// Whether files were (or, with -n, would be) written.
-    pub modified: bool,
-    pub messages: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The UIDVALIDITY the mailboxes database entry must get, when it differs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub db_uidvalidity: Option<u32>,
-    /// The ACL the mailboxes database entry must get (the header's), when it differs.
-    #[serde(skip)]
-    db_acl: Option<header::Acl>,
+    pub changes: ChangeLog,
     /// The entry was created by this run (`-p`, `-f`): `imported` or `new` (`-x`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<&'static str>,
+    /// The ACL the mailboxes database entry must get (the header's), when it differs.
+    #[serde(skip)]
+    db_acl: Option<header::Acl>,
+    /// The UIDVALIDITY the mailboxes database entry must get, when it differs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_uidvalidity: Option<u32>,
     /// `-f`: mailboxes found below this one without a database entry (internal names).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub discovered: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Internal name (what Cyrus's report lines use).
+    pub internal: String,
+    /// External name.
+    pub mailbox: String,
+    pub messages: u64,
+    /// Whether files were (or, with -n, would be) written.
+    pub modified: bool,
     /// `updated` when the mailbox's change of usage was added to its quota root at once
     /// (its previous usage known); every root is recounted at the end of a run anyway.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -459,16 +629,20 @@ pub fn run(common: &Common, args: &ReconstructArgs) -> anyhow::Result<Outcome> {
         }
     }
     if common.json {
-        let doc = serde_json::json!({
-            "dry_run": args.dry_run,
-            "mailboxes": reports,
-            "not_found": not_found,
-            "summary": summary(&reports),
-        });
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        let doc = JsonReport {
+            dry_run: args.dry_run,
+            mailboxes: &reports,
+            not_found: &not_found,
+            summary: summary(&reports),
+        };
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+        out.flush()?;
     } else if !common.quiet {
         for r in &reports {
-            for c in &r.changes {
+            for c in r.changes.iter() {
                 println!("{}", c.line);
             }
             println!("{}", r.mailbox);
@@ -738,8 +912,8 @@ fn update_db_entries(
 
 fn summary(reports: &[MailboxReport]) -> serde_json::Value {
     let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
-    for c in reports.iter().flat_map(|r| &r.changes) {
-        *by_kind.entry(c.kind).or_default() += 1;
+    for (kind, n) in reports.iter().flat_map(|r| r.changes.kind_counts()) {
+        *by_kind.entry(kind).or_default() += n;
     }
     serde_json::json!({
         "mailboxes": reports.len(),
@@ -1254,7 +1428,7 @@ impl Env<'_> {
         let mut report = MailboxReport {
             mailbox: ext,
             internal,
-            changes: Vec::new(),
+            changes: ChangeLog::default(),
             modified: false,
             messages: 0,
             error: None,
@@ -1470,7 +1644,7 @@ struct PlanCtx<'a> {
 /// What a reconstruct of one mailbox changes.
 #[derive(Debug, Default)]
 struct Plan {
-    changes: Vec<Change>,
+    changes: ChangeLog,
     files: Changes,
     messages: u64,
     db_uidvalidity: Option<u32>,
@@ -1488,8 +1662,8 @@ impl Plan {
     fn say(&mut self, kind: &'static str, uid: Option<u32>, line: String) {
         self.changes.push(Change {
             kind,
-            uid,
             line: Line::Text(line),
+            uid,
         });
     }
 }
@@ -2198,11 +2372,7 @@ fn plan(ctx: &PlanCtx<'_>, snap: &Snapshot, parse: &mut Parser<'_>) -> anyhow::R
     };
     let shared_name: Arc<str> = Arc::from(name);
     for uid in found {
-        p.changes.push(Change {
-            kind: "found",
-            uid: Some(uid),
-            line: Line::Found(shared_name.clone(), uid),
-        });
+        p.changes.push_found(&shared_name, uid);
         if add(uid, uid, &mut p, &mut new_cache, &mut records)? {
             last_uid = last_uid.max(uid);
         }
@@ -2838,6 +3008,134 @@ mod tests {
             serde_json::to_string(&Line::Found(Arc::from("a\"b"), 1)).unwrap(),
             serde_json::to_string("a\"b uid 1 found - adding").unwrap()
         );
+    }
+
+    #[test]
+    fn found_runs_expand_to_the_changes_they_replace() {
+        let bob: Arc<str> = Arc::from("user.bob");
+        let other: Arc<str> = Arc::from("user.bob"); // equal name, another allocation
+        let text = |kind: &'static str, uid: u32, line: String| Change {
+            kind,
+            line: Line::Text(line),
+            uid: Some(uid),
+        };
+        let mut log = ChangeLog::default();
+        let mut plain: Vec<Change> = Vec::new();
+        let header = Change {
+            kind: "index-missing",
+            line: Line::Text("user.bob: cyrus.index missing".into()),
+            uid: None,
+        };
+        log.push(header.clone());
+        plain.push(header);
+        // Gaps of every varint width, an empty file's line between two runs, a UID going
+        // down (a new run), the largest UID.
+        let uids = [1u32, 2, 3, 130, 131, 20_000, 3_000_000, 3_000_001];
+        for &u in &uids {
+            log.push_found(&bob, u);
+            plain.push(found_change(&bob, u));
+        }
+        let nf = text(
+            "not-found",
+            3_000_002,
+            "user.bob uid 3000002 not found".into(),
+        );
+        log.push(nf.clone());
+        plain.push(nf);
+        for u in [3_000_003, 7, 7, u32::MAX - 1, u32::MAX] {
+            log.push_found(&other, u);
+            plain.push(found_change(&other, u));
+        }
+        assert_eq!(log.len(), plain.len());
+        assert_eq!(log.items.len(), 5, "runs: {:?}", log.items);
+        let expanded: Vec<Change> = log.iter().map(|c| c.into_owned()).collect();
+        assert_eq!(expanded, plain);
+        let lines = |cs: &mut dyn Iterator<Item = String>| cs.collect::<Vec<_>>().join("\n");
+        assert_eq!(
+            lines(&mut log.iter().map(|c| c.line.to_string())),
+            lines(&mut plain.iter().map(|c| c.line.to_string()))
+        );
+        assert_eq!(
+            serde_json::to_string_pretty(&log).unwrap(),
+            serde_json::to_string_pretty(&plain).unwrap()
+        );
+        let kinds: Vec<(&str, u64)> = log.kind_counts().collect();
+        assert_eq!(
+            kinds,
+            [
+                ("index-missing", 1),
+                ("found", 8),
+                ("not-found", 1),
+                ("found", 1),
+                ("found", 4)
+            ]
+        );
+        assert!(ChangeLog::default().iter().next().is_none());
+    }
+
+    fn blank_report(mailbox: &str, internal: &str) -> MailboxReport {
+        MailboxReport {
+            changes: ChangeLog::default(),
+            created: None,
+            db_acl: None,
+            db_uidvalidity: None,
+            discovered: Vec::new(),
+            error: None,
+            internal: internal.into(),
+            mailbox: mailbox.into(),
+            messages: 0,
+            modified: false,
+            quota: None,
+            recount_root: None,
+            tempfail: false,
+        }
+    }
+
+    #[test]
+    fn json_report_streams_the_bytes_a_sorted_value_printed() {
+        let name: Arc<str> = Arc::from("user.a");
+        let mut full = blank_report("a", "user.a");
+        for u in 1..=3 {
+            full.changes.push_found(&name, u);
+        }
+        full.changes.push(Change {
+            kind: "not-found",
+            line: Line::Text("user.a uid 4 not found".into()),
+            uid: Some(4),
+        });
+        full.changes.push_found(&name, 5);
+        full.created = Some("imported");
+        full.db_uidvalidity = Some(9);
+        full.discovered = vec!["user.a.b".into()];
+        full.error = Some("bad \"x\"".into());
+        full.quota = Some("updated");
+        full.messages = 4;
+        full.modified = true;
+        let reports = vec![full, blank_report("b", "user.b")];
+        let not_found = vec!["user.c".to_string()];
+        let doc = JsonReport {
+            dry_run: true,
+            mailboxes: &reports,
+            not_found: &not_found,
+            summary: summary(&reports),
+        };
+        let streamed = serde_json::to_string_pretty(&doc).unwrap();
+        // What the report was: a `Value` (sorted maps) of the same facts, changes one by one.
+        let plain = |r: &MailboxReport| {
+            let mut v = serde_json::to_value(r).unwrap();
+            let cs: Vec<Change> = r.changes.iter().map(|c| c.into_owned()).collect();
+            v["changes"] = serde_json::to_value(cs).unwrap();
+            v
+        };
+        let old = serde_json::json!({
+            "dry_run": true,
+            "mailboxes": reports.iter().map(plain).collect::<Vec<_>>(),
+            "not_found": not_found,
+            "summary": summary(&reports),
+        });
+        assert_eq!(streamed, serde_json::to_string_pretty(&old).unwrap());
+        assert!(streamed.contains("\"line\": \"user.a uid 5 found - adding\""));
+        assert_eq!(doc.summary["changes"]["found"], 4);
     }
 
     fn parsed(off: u64) -> Parsed {
