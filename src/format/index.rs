@@ -217,6 +217,10 @@ const _: () = assert!(V12_HEADER_SIZE == 128);
 const _: () = assert!(V14_HEADER_SIZE == 160);
 const _: () = assert!(V19_HEADER_SIZE == 160);
 const _: () = assert!(V20_HEADER_SIZE == 192);
+/// The largest header of any version: what a reader takes from the start of a file to
+/// open an index of unknown version.
+pub const MAX_HEADER_SIZE: usize = V20_HEADER_SIZE;
+const _: () = assert!(MAX_HEADER_SIZE >= V14_HEADER_SIZE && MAX_HEADER_SIZE >= V19_HEADER_SIZE);
 const _: () = assert!(V12_RECORD_SIZE == 96);
 const _: () = assert!(V13_RECORD_SIZE == 104);
 const _: () = assert!(V16_RECORD_SIZE == 112);
@@ -2873,7 +2877,7 @@ mod tests {
         bytes: &[u8],
         ctx: &VerifyContext<'_, N>,
     ) -> Result<(Vec<IndexProblem>, Vec<IndexRecord>), IndexError> {
-        let head = &bytes[..bytes.len().min(V20_HEADER_SIZE.max(V14_HEADER_SIZE))];
+        let head = &bytes[..bytes.len().min(MAX_HEADER_SIZE)];
         let shape = IndexShape::open(head, bytes.len() as u64)?;
         let mut out = Vec::new();
         let mut v = Verifier::new(&shape, head, ctx, &mut out);
