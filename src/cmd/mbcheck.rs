@@ -20,14 +20,12 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::{Common, Outcome};
-use crate::format::cache;
 use crate::format::header::{self, MailboxHeader};
-use crate::format::index::{self, Index, IndexRecord, VerifyContext};
+use crate::format::index::{self, IndexProblem, IndexRecord, IndexShape, Verifier, VerifyContext};
 use crate::format::quota::Resource;
 use crate::spool::config::Config;
-use crate::spool::db::map_file;
 use crate::spool::lock::{self, LockMode};
-use crate::spool::mailbox;
+use crate::spool::mailbox::{self, CacheFile, IndexFile};
 use crate::spool::mboxlist::{MboxRecord, Mboxlist};
 use crate::spool::names::{MboxName, NameConfig};
 use crate::spool::paths::{self, Layout, MailboxDir, MetaFile};
@@ -495,9 +493,17 @@ impl Checker<'_> {
             }
             Err(e) => return Err(e.into()),
         };
-        let map = map_file(held.file()).with_context(|| index_path.display().to_string())?;
-        let idx = match Index::open(&map) {
-            Ok(i) => i,
+        // Read through the locked descriptor a window at a time: mapped, every page read
+        // would stay in the process's memory (100 MB of index for a 1M-message mailbox).
+        let at = || index_path.display().to_string();
+        let file = held
+            .file()
+            .try_clone()
+            .and_then(IndexFile::from_file)
+            .with_context(at)?;
+        let head = file.read_at(0, index::MAX_HEADER_SIZE).with_context(at)?;
+        let shape = match IndexShape::open(&head, file.len()) {
+            Ok(s) => s,
             Err(e) => {
                 self.find(
                     Kind::Index,
@@ -516,7 +522,25 @@ impl Checker<'_> {
             flag_names: flag_names.as_deref(),
             annot_crcs: annot_crcs.as_ref(),
         };
-        for p in idx.verify(&ctx) {
+        // One pass over the records: the index's problems are reported first, then those of
+        // the records' cache entries and message files, which wait in the report's place.
+        let earlier = std::mem::take(&mut self.report.findings);
+        let scanned = self.scan_records(
+            &ext,
+            &file,
+            &shape,
+            &head,
+            &ctx,
+            &RecordFiles {
+                cache: &cache_path,
+                archive_cache: &archive_cache_path,
+                part: &part,
+                dir,
+            },
+        );
+        let record_findings = std::mem::replace(&mut self.report.findings, earlier);
+        let (problems, uids) = scanned.with_context(at)?;
+        for p in problems {
             self.find(
                 Kind::Index,
                 Some(ext.clone()),
@@ -525,7 +549,7 @@ impl Checker<'_> {
                 self.reconstruct_cmd(&ext, ""),
             );
         }
-        let ih = idx.header().clone();
+        let ih = &shape.header;
         if let Some(hb) = &header_bytes {
             let crc = header::header_file_crc(hb);
             if crc != ih.header_file_crc {
@@ -560,20 +584,14 @@ impl Checker<'_> {
         };
         if let Some(root) = root {
             let u = self.quota_usage.entry(root).or_default();
-            add_usage(u, &mailbox_usage(&ih));
+            add_usage(u, &mailbox_usage(ih));
         }
 
-        let records: Vec<IndexRecord> = idx.records().filter_map(Result::ok).collect();
-        self.check_cache_and_files(
-            &ext,
-            &records,
-            &data_dir,
-            &cache_path,
-            &archive_cache_path,
-            &part,
-            dir,
-        );
-        drop(map);
+        self.report.findings.extend(record_findings);
+        self.check_unrecorded_files(&ext, &data_dir, &uids);
+        // The lock is held until the index has been read (the duplicate descriptor goes
+        // first: with classic fcntl locks, closing any descriptor would release it).
+        drop(file);
         drop(held);
         Ok(())
     }
@@ -659,134 +677,158 @@ impl Checker<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn check_cache_and_files(
+    /// Reads the records through a window, feeding each to the index verifier and checking
+    /// its cache entry and message file (those findings go to the report); returns the
+    /// index's problems and the records' UIDs.
+    fn scan_records(
         &mut self,
         ext: &str,
-        records: &[IndexRecord],
-        data_dir: &Path,
-        cache_path: &Path,
-        archive_cache_path: &Path,
-        part: &str,
-        dir: MailboxDir<'_>,
-    ) {
-        let repair = self.reconstruct_cmd(ext, "");
-        let read_cache = |p: &Path| -> Option<memmapped::Buf> { memmapped::open(p) };
-        let cache = read_cache(cache_path);
-        let archive_cache = if archive_cache_path != cache_path {
-            read_cache(archive_cache_path)
+        file: &IndexFile,
+        shape: &IndexShape,
+        head: &[u8],
+        ctx: &VerifyContext<'_, Vec<u8>>,
+        files: &RecordFiles<'_>,
+    ) -> std::io::Result<(Vec<IndexProblem>, Uids)> {
+        let open = |p: &Path| CacheFile::open(p).ok().flatten();
+        let cache = open(files.cache);
+        let archive_cache = if files.archive_cache != files.cache {
+            open(files.archive_cache)
         } else {
             None
         };
+        let mut problems = Vec::new();
+        let mut verifier = Verifier::new(shape, head, ctx, &mut problems);
+        let mut uids = Uids::with_capacity(shape.present);
         let mut missing_cache_reported = false;
-        let mut uids = BTreeSet::new();
-        for r in records {
-            uids.insert(r.uid);
+        let mut window = file.window();
+        for i in 0..shape.present {
+            let Some(bytes) = window.get(shape.record_offset(i), shape.record_size)? else {
+                break;
+            };
+            let Some(r) = verifier.record(bytes, &mut problems) else {
+                break;
+            };
+            uids.push(r.uid);
             if r.is_unlinked() {
                 continue;
             }
             self.report.messages_checked += 1;
             let archived = r.internal_flags & index::FLAG_INTERNAL_ARCHIVED != 0;
-            let (cbuf, cpath) = if archived {
-                (&archive_cache, archive_cache_path)
+            let (cache, cache_path) = if archived {
+                (&archive_cache, files.archive_cache)
             } else {
-                (&cache, cache_path)
+                (&cache, files.cache)
             };
-            match cbuf {
+            let problem = match cache {
+                None if missing_cache_reported => None,
                 None => {
-                    if !missing_cache_reported {
-                        self.find(
-                            Kind::Cache,
-                            Some(ext.into()),
-                            Some(cpath),
-                            "missing, but the index has records".into(),
-                            repair.clone(),
-                        );
-                        missing_cache_reported = true;
-                    }
+                    missing_cache_reported = true;
+                    Some("missing, but the index has records".to_string())
                 }
-                Some(buf) => {
-                    if let Err(e) =
-                        cache::check_record_entry(buf.bytes(), r.cache_offset, r.cache_crc)
-                    {
-                        self.find(
-                            Kind::Cache,
-                            Some(ext.into()),
-                            Some(cpath),
-                            format!("uid {}: {e}", r.uid),
-                            repair.clone(),
-                        );
-                    }
-                }
-            }
-            let file = if archived {
-                self.layout.archived_message_file(part, dir, r.uid)
-            } else {
-                self.layout.message_file(part, dir, r.uid)
+                Some(c) => match c.check_entry(r.cache_offset, r.cache_crc) {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(format!("uid {}: {e}", r.uid)),
+                    Err(e) => Some(format!(
+                        "uid {}: cannot read the entry at offset {}: {e}",
+                        r.uid, r.cache_offset
+                    )),
+                },
             };
-            let Ok(file) = file else { continue };
-            match std::fs::symlink_metadata(&file) {
-                Err(_) => self.find(
-                    Kind::MessageFile,
+            if let Some(problem) = problem {
+                let repair = self.reconstruct_cmd(ext, "");
+                self.find(
+                    Kind::Cache,
                     Some(ext.into()),
-                    Some(&file),
-                    format!("uid {}: message file is missing", r.uid),
-                    repair.clone(),
+                    Some(cache_path),
+                    problem,
+                    repair,
+                );
+            }
+            self.check_message_file(ext, &r, archived, files);
+        }
+        verifier.finish(&mut problems);
+        Ok((problems, uids.finish()))
+    }
+
+    fn check_message_file(
+        &mut self,
+        ext: &str,
+        r: &IndexRecord,
+        archived: bool,
+        files: &RecordFiles<'_>,
+    ) {
+        let repair = self.reconstruct_cmd(ext, "");
+        let file = if archived {
+            self.layout
+                .archived_message_file(files.part, files.dir, r.uid)
+        } else {
+            self.layout.message_file(files.part, files.dir, r.uid)
+        };
+        let Ok(file) = file else { return };
+        match std::fs::symlink_metadata(&file) {
+            Err(_) => self.find(
+                Kind::MessageFile,
+                Some(ext.into()),
+                Some(&file),
+                format!("uid {}: message file is missing", r.uid),
+                repair,
+            ),
+            Ok(md) if !md.is_file() => self.find(
+                Kind::MessageFile,
+                Some(ext.into()),
+                Some(&file),
+                format!("uid {}: not a regular file", r.uid),
+                repair,
+            ),
+            Ok(md) if md.size() != r.size => self.find(
+                Kind::MessageFile,
+                Some(ext.into()),
+                Some(&file),
+                format!(
+                    "uid {}: size is {} bytes, the index says {}",
+                    r.uid,
+                    md.size(),
+                    r.size
                 ),
-                Ok(md) if !md.is_file() => self.find(
-                    Kind::MessageFile,
-                    Some(ext.into()),
-                    Some(&file),
-                    format!("uid {}: not a regular file", r.uid),
-                    repair.clone(),
-                ),
-                Ok(md) if md.size() != r.size => self.find(
+                // A plain reconstruct only reports a changed file; -R re-adds it under
+                // a new UID (-U would drop the record).
+                self.reconstruct_cmd(ext, "-R "),
+            ),
+            Ok(_) if self.guids => match mailbox::sha1_file(&file) {
+                Ok(g) if g != r.guid => self.find(
                     Kind::MessageFile,
                     Some(ext.into()),
                     Some(&file),
                     format!(
-                        "uid {}: size is {} bytes, the index says {}",
+                        "uid {}: content GUID {} differs from the index's {}",
                         r.uid,
-                        md.size(),
-                        r.size
+                        index::guid_hex(&g),
+                        index::guid_hex(&r.guid)
                     ),
-                    // A plain reconstruct only reports a changed file; -R re-adds it under
-                    // a new UID (-U would drop the record).
-                    self.reconstruct_cmd(ext, "-R "),
+                    self.reconstruct_cmd(ext, "-G -R "),
                 ),
-                Ok(_) if self.guids => match mailbox::sha1_file(&file) {
-                    Ok(g) if g != r.guid => self.find(
-                        Kind::MessageFile,
-                        Some(ext.into()),
-                        Some(&file),
-                        format!(
-                            "uid {}: content GUID {} differs from the index's {}",
-                            r.uid,
-                            index::guid_hex(&g),
-                            index::guid_hex(&r.guid)
-                        ),
-                        self.reconstruct_cmd(ext, "-G -R "),
-                    ),
-                    Ok(_) => {}
-                    Err(e) => self.find(
-                        Kind::MessageFile,
-                        Some(ext.into()),
-                        Some(&file),
-                        format!("uid {}: cannot read: {e}", r.uid),
-                        repair.clone(),
-                    ),
-                },
                 Ok(_) => {}
-            }
+                Err(e) => self.find(
+                    Kind::MessageFile,
+                    Some(ext.into()),
+                    Some(&file),
+                    format!("uid {}: cannot read: {e}", r.uid),
+                    repair,
+                ),
+            },
+            Ok(_) => {}
         }
-        // Files in the directory that no record accounts for.
+    }
+
+    /// Files in the data directory that no record accounts for, and odd files, by name.
+    /// The directory is read as a stream: only the entries reported are kept (to be sorted).
+    fn check_unrecorded_files(&mut self, ext: &str, data_dir: &Path, uids: &Uids) {
+        use std::os::unix::ffi::OsStrExt;
         let Ok(rd) = std::fs::read_dir(data_dir) else {
             return;
         };
-        let mut names: Vec<_> = rd.filter_map(|e| e.ok()).collect();
-        names.sort_by_key(|e| e.file_name());
-        for e in names {
-            use std::os::unix::ffi::OsStrExt;
+        let mut found = Vec::new();
+        for e in rd.filter_map(Result::ok) {
             let name = e.file_name();
             let b = name.as_bytes();
             if b.starts_with(b".") || b.starts_with(b"cyrus.") {
@@ -796,24 +838,32 @@ impl Checker<'_> {
             if is_dir {
                 continue; // child mailboxes (legacy layout)
             }
-            match paths::parse_message_file_name(b) {
-                Some(uid) if !uids.contains(&uid) => self.find(
+            let (kind, problem, repair) = match paths::parse_message_file_name(b) {
+                Some(uid) if !uids.contains(uid) => (
                     Kind::MessageFile,
-                    Some(ext.into()),
-                    Some(&e.path()),
                     format!("message file without an index record (uid {uid})"),
-                    repair.clone(),
+                    self.reconstruct_cmd(ext, ""),
                 ),
-                Some(_) => {}
-                None => self.find(
+                Some(_) => continue,
+                None => (
                     Kind::OddFile,
-                    Some(ext.into()),
-                    Some(&e.path()),
-                    "odd file in the mailbox directory".into(),
+                    "odd file in the mailbox directory".to_string(),
                     self.reconstruct_cmd(ext, "-O "),
                 ),
-            }
+            };
+            let finding = Finding {
+                kind,
+                mailbox: Some(ext.into()),
+                file: Some(e.path()),
+                problem,
+                repair,
+            };
+            found.push((name, finding));
         }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        self.report
+            .findings
+            .extend(found.into_iter().map(|(_, f)| f));
     }
 
     /// Every directory holding a `cyrus.header` that no database entry accounts for.
@@ -825,22 +875,29 @@ impl Checker<'_> {
             }
         }
         for root in roots {
-            let walker = walkdir::WalkDir::new(&root)
-                .follow_links(false)
-                .sort_by_file_name();
+            // Walked as the directories list themselves (a walk sorted by name would hold
+            // each directory's entries: a million for a big mailbox's data directory), the
+            // few found then sorted: component by component, which is the order of a
+            // depth-first walk by name.
+            let walker = walkdir::WalkDir::new(&root).follow_links(false);
+            let mut orphans = Vec::new();
             for e in walker.into_iter().filter_map(Result::ok) {
                 if e.file_type().is_file() && e.file_name() == "cyrus.header" {
                     let dir = e.path().parent().map(Path::to_path_buf).unwrap_or_default();
                     if !self.expected_dirs.contains(&dir) {
-                        self.find(
-                            Kind::OrphanDirectory,
-                            None,
-                            Some(&dir),
-                            "mailbox directory with no mailboxes database entry".into(),
-                            "cyrkit reconstruct -m (rebuilds the mailboxes database from the spool)".into(),
-                        );
+                        orphans.push(dir);
                     }
                 }
+            }
+            orphans.sort();
+            for dir in orphans {
+                self.find(
+                    Kind::OrphanDirectory,
+                    None,
+                    Some(&dir),
+                    "mailbox directory with no mailboxes database entry".into(),
+                    "cyrkit reconstruct -m (rebuilds the mailboxes database from the spool)".into(),
+                );
             }
         }
     }
@@ -968,20 +1025,73 @@ impl Checker<'_> {
     }
 }
 
-/// A read-only view of a small file (cache), mapped.
-mod memmapped {
-    use std::path::Path;
+/// Where a mailbox's records keep their cache entries and message files.
+struct RecordFiles<'a> {
+    cache: &'a Path,
+    archive_cache: &'a Path,
+    part: &'a str,
+    dir: MailboxDir<'a>,
+}
 
-    pub struct Buf(crate::spool::db::Mapped);
+/// The UIDs of an index's records, 4 bytes each, to be looked up by binary search. A sane
+/// index lists its records in increasing UID order, so they arrive sorted; a damaged one
+/// (its records out of order, reported as such) gets them sorted once at the end.
+#[derive(Debug, Default)]
+struct Uids {
+    list: Vec<u32>,
+    sorted: bool,
+}
 
-    impl Buf {
-        pub fn bytes(&self) -> &[u8] {
-            &self.0
+impl Uids {
+    /// Room for `n` UIDs: the records the index file holds, so bounded by its size.
+    fn with_capacity(n: u32) -> Uids {
+        Uids {
+            list: Vec::with_capacity(usize::try_from(n).unwrap_or(0)),
+            sorted: true,
         }
     }
 
-    pub fn open(p: &Path) -> Option<Buf> {
-        let f = std::fs::File::open(p).ok()?;
-        crate::spool::db::map_file(&f).ok().map(Buf)
+    fn push(&mut self, uid: u32) {
+        if self.list.last().is_some_and(|&last| uid < last) {
+            self.sorted = false;
+        }
+        self.list.push(uid);
+    }
+
+    fn finish(mut self) -> Uids {
+        if !self.sorted {
+            self.list.sort_unstable();
+            self.sorted = true;
+        }
+        self
+    }
+
+    fn contains(&self, uid: u32) -> bool {
+        debug_assert!(self.sorted);
+        self.list.binary_search(&uid).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Uids;
+
+    #[test]
+    fn uids_are_found_in_order_or_not() {
+        let mut u = Uids::with_capacity(4);
+        for uid in [1, 5, 9, 9] {
+            u.push(uid);
+        }
+        let u = u.finish();
+        assert!(u.contains(5) && u.contains(9) && !u.contains(2) && !u.contains(10));
+        // Out of order (a damaged index): still every one found, and no other.
+        let mut u = Uids::with_capacity(0);
+        for uid in [7, 3, 12, 1, 3] {
+            u.push(uid);
+        }
+        let u = u.finish();
+        for uid in 0..14 {
+            assert_eq!(u.contains(uid), [1, 3, 7, 12].contains(&uid), "uid {uid}");
+        }
     }
 }

@@ -105,39 +105,52 @@ impl<'a> CacheEntry<'a> {
     /// against the end of the file. An offset inside the generation number is out of range.
     /// As in Cyrus (`cache_parserecord`), the last item's padding need not be present.
     pub fn parse(buf: &'a [u8], offset: u64) -> Result<CacheEntry<'a>, CacheError> {
-        let start = usize::try_from(offset)
+        let tail = usize::try_from(offset)
             .ok()
-            .filter(|&o| o >= CACHE_HEADER_SIZE && o < buf.len())
+            .filter(|&o| o >= CACHE_HEADER_SIZE)
+            .and_then(|o| buf.get(o..))
+            .filter(|t| !t.is_empty())
             .ok_or(CacheError::OffsetOutOfRange {
                 offset,
                 len: buf.len(),
             })?;
+        Self::parse_tail(tail, offset, buf.len())
+    }
+
+    /// [`CacheEntry::parse`] given only the file's bytes from `offset` to its end (`tail`,
+    /// `file_len` bytes in all, for the errors): how a reader that does not hold the whole
+    /// file judges an entry that runs into the end of the file.
+    pub fn parse_tail(
+        tail: &'a [u8],
+        offset: u64,
+        file_len: usize,
+    ) -> Result<CacheEntry<'a>, CacheError> {
         let mut items: [&[u8]; NUM_CACHE_FIELDS] = [&[]; NUM_CACHE_FIELDS];
-        let mut p = start;
+        let mut p = 0usize;
         for (item, slot) in items.iter_mut().enumerate() {
             let truncated = CacheError::Truncated {
                 offset,
                 item,
-                item_offset: p as u64,
-                len: buf.len(),
+                item_offset: offset.saturating_add(p as u64),
+                len: file_len,
             };
-            let len_bytes = buf.get(p..p.saturating_add(4)).ok_or(truncated.clone())?;
+            let len_bytes = tail.get(p..p.saturating_add(4)).ok_or(truncated.clone())?;
             let mut w = [0u8; 4];
             w.copy_from_slice(len_bytes);
             let len = usize::try_from(u32::from_be_bytes(w)).map_err(|_| truncated.clone())?;
             let data_start = p + 4;
             let data_end = data_start.checked_add(len).ok_or(truncated.clone())?;
-            *slot = buf.get(data_start..data_end).ok_or(truncated.clone())?;
+            *slot = tail.get(data_start..data_end).ok_or(truncated.clone())?;
             p = data_start
                 .checked_add(padded(len).ok_or(truncated.clone())?)
                 .ok_or(truncated)?;
         }
         // The final padding may be missing at the very end of the file.
-        let end = p.min(buf.len());
+        let end = p.min(tail.len());
         Ok(CacheEntry {
             offset,
             items,
-            raw: &buf[start..end],
+            raw: &tail[..end],
         })
     }
 
@@ -154,6 +167,19 @@ impl<'a> CacheEntry<'a> {
     /// The entry CRC as Cyrus stores it in `cache_crc`: CRC-32 of the whole entry.
     pub fn crc(&self) -> u32 {
         crc32(self.raw)
+    }
+
+    /// The entry, if its CRC is `expected` (a record's `cache_crc`).
+    pub fn check_crc(self, expected: u32) -> Result<CacheEntry<'a>, CacheError> {
+        let computed = self.crc();
+        if computed != expected {
+            return Err(CacheError::CrcMismatch {
+                offset: self.offset,
+                expected,
+                computed,
+            });
+        }
+        Ok(self)
     }
 
     /// Item `i` (see the `CACHE_*` constants), `None` past the tenth.
@@ -200,16 +226,7 @@ pub fn check_record_entry(
     if cache_offset == 0 {
         return Err(CacheError::NoEntry);
     }
-    let entry = CacheEntry::parse(cache, cache_offset)?;
-    let computed = entry.crc();
-    if computed != cache_crc {
-        return Err(CacheError::CrcMismatch {
-            offset: cache_offset,
-            expected: cache_crc,
-            computed,
-        });
-    }
-    Ok(entry)
+    CacheEntry::parse(cache, cache_offset)?.check_crc(cache_crc)
 }
 
 /// Every entry of a file in order from the first one, as a repack would have written them.

@@ -217,6 +217,10 @@ const _: () = assert!(V12_HEADER_SIZE == 128);
 const _: () = assert!(V14_HEADER_SIZE == 160);
 const _: () = assert!(V19_HEADER_SIZE == 160);
 const _: () = assert!(V20_HEADER_SIZE == 192);
+/// The largest header of any version: what a reader takes from the start of a file to
+/// open an index of unknown version.
+pub const MAX_HEADER_SIZE: usize = V20_HEADER_SIZE;
+const _: () = assert!(MAX_HEADER_SIZE >= V14_HEADER_SIZE && MAX_HEADER_SIZE >= V19_HEADER_SIZE);
 const _: () = assert!(V12_RECORD_SIZE == 96);
 const _: () = assert!(V13_RECORD_SIZE == 104);
 const _: () = assert!(V16_RECORD_SIZE == 112);
@@ -1588,14 +1592,71 @@ impl Derived {
 // ---------------------------------------------------------------------------------------------
 // An opened index
 
+/// What [`Index::open`] checks and learns from the header alone: enough to read an index's
+/// records from a file without holding it (see [`IndexShape::open`] and [`Verifier`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexShape {
+    pub header: IndexHeader,
+    /// Bytes before the first record (`start_offset`).
+    pub header_size: usize,
+    pub record_size: usize,
+    /// How many of the `num_records` the header claims the file holds whole.
+    pub present: u32,
+}
+
+impl IndexShape {
+    /// The checks of [`Index::open`] on `head`, the first bytes of a `file_len`-byte index
+    /// (at least the header, or the whole file when it is shorter; `file_len` counts the
+    /// records that are not in `head`).
+    pub fn open(head: &[u8], file_len: u64) -> Result<IndexShape, IndexError> {
+        let header = parse_header(head)?;
+        let version = header.minor_version;
+        let (hsize, rsize) = layout(version)?;
+        if header.format != 0 {
+            return Err(IndexError::BadFormat(header.format));
+        }
+        if header.start_offset as usize != hsize {
+            return Err(IndexError::BadStartOffset {
+                version,
+                expected: hsize,
+                got: header.start_offset,
+            });
+        }
+        if header.record_size as usize != rsize {
+            return Err(IndexError::BadRecordSize {
+                version,
+                expected: rsize,
+                got: header.record_size,
+            });
+        }
+        let file_len = file_len.max(head.len() as u64);
+        let fit = file_len.saturating_sub(hsize as u64) / rsize as u64;
+        let present = header
+            .num_records
+            .min(u32::try_from(fit).unwrap_or(u32::MAX));
+        Ok(IndexShape {
+            header,
+            header_size: hsize,
+            record_size: rsize,
+            present,
+        })
+    }
+
+    pub fn version(&self) -> u32 {
+        self.header.minor_version
+    }
+
+    /// File offset of record `i` (0-based).
+    pub fn record_offset(&self, i: u32) -> u64 {
+        self.header_size as u64 + u64::from(i) * self.record_size as u64
+    }
+}
+
 /// A `cyrus.index` held in memory (a Vec or a memory map), opened cheaply.
 #[derive(Debug, Clone)]
 pub struct Index<'a> {
     buf: &'a [u8],
-    header: IndexHeader,
-    header_size: usize,
-    record_size: usize,
-    present: u32,
+    shape: IndexShape,
 }
 
 /// What [`Index::verify`] needs besides the index. The default checks neither sync CRC.
@@ -1622,84 +1683,61 @@ impl<'a> Index<'a> {
     /// record contents are [`Index::verify`]'s. A `num_records` larger than the buffer holds
     /// is accepted here (only the records present are served) and reported by `verify`.
     pub fn open(buf: &'a [u8]) -> Result<Self, IndexError> {
-        let header = parse_header(buf)?;
-        let version = header.minor_version;
-        let (hsize, rsize) = layout(version)?;
-        if header.format != 0 {
-            return Err(IndexError::BadFormat(header.format));
-        }
-        if header.start_offset as usize != hsize {
-            return Err(IndexError::BadStartOffset {
-                version,
-                expected: hsize,
-                got: header.start_offset,
-            });
-        }
-        if header.record_size as usize != rsize {
-            return Err(IndexError::BadRecordSize {
-                version,
-                expected: rsize,
-                got: header.record_size,
-            });
-        }
-        let fit = (buf.len() - hsize) / rsize;
-        let present = header
-            .num_records
-            .min(u32::try_from(fit).unwrap_or(u32::MAX));
-        Ok(Index {
-            buf,
-            header,
-            header_size: hsize,
-            record_size: rsize,
-            present,
-        })
+        let shape = IndexShape::open(buf, buf.len() as u64)?;
+        Ok(Index { buf, shape })
     }
 
     pub fn header(&self) -> &IndexHeader {
-        &self.header
+        &self.shape.header
+    }
+
+    /// The header facts (sizes, records present).
+    pub fn shape(&self) -> &IndexShape {
+        &self.shape
     }
 
     pub fn version(&self) -> u32 {
-        self.header.minor_version
+        self.shape.version()
     }
 
     /// The header's bytes (the CRC included).
     pub fn header_bytes(&self) -> &'a [u8] {
-        &self.buf[..self.header_size]
+        &self.buf[..self.shape.header_size]
     }
 
     /// `num_records` as the header claims it.
     pub fn num_records(&self) -> u32 {
-        self.header.num_records
+        self.shape.header.num_records
     }
 
     /// How many of the claimed records the buffer actually holds.
     pub fn records_present(&self) -> u32 {
-        self.present
+        self.shape.present
     }
 
     /// File offset of record `i` (0-based).
     pub fn record_offset(&self, i: u32) -> u64 {
-        self.header_size as u64 + u64::from(i) * self.record_size as u64
+        self.shape.record_offset(i)
     }
 
     /// The raw bytes of record `i` (0-based).
     pub fn record_bytes(&self, i: u32) -> Result<&'a [u8], IndexError> {
-        if i >= self.header.num_records {
+        let num_records = self.num_records();
+        if i >= num_records {
             return Err(IndexError::RecordOutOfRange {
                 index: i,
-                num_records: self.header.num_records,
+                num_records,
             });
         }
         let offset = self.record_offset(i);
         usize::try_from(offset)
             .ok()
-            .and_then(|o| self.buf.get(o..o.checked_add(self.record_size)?))
+            .and_then(|o| self.buf.get(o..o.checked_add(self.shape.record_size)?))
             .ok_or(IndexError::RecordTruncated {
                 index: i,
                 offset,
                 len: self.buf.len(),
-                num_records: self.header.num_records,
+                num_records,
             })
     }
 
@@ -1718,78 +1756,136 @@ impl<'a> Index<'a> {
     }
 
     /// Every problem, not just the first: header CRC and spares, truncation, each record's CRC
-    /// (records have no spare bytes in any version), UID order, last_uid, highestmodseq, and the derived counts and sync CRCs
-    /// (the latter only when `ctx` supplies what they need).
+    /// (records have no spare bytes in any version), UID order, last_uid, highestmodseq, and
+    /// the derived counts and sync CRCs (the latter only when `ctx` supplies what they need).
+    /// This is [`Verifier`] fed every record present.
     pub fn verify<N: AsRef<[u8]>>(&self, ctx: &VerifyContext<'_, N>) -> Vec<IndexProblem> {
         let mut out = Vec::new();
-        let v = self.version();
-        let h = &self.header;
-        let hcrc = self.header_size - 4;
-        let computed = crc32(&self.buf[..hcrc]);
+        let mut v = Verifier::new(&self.shape, self.buf, ctx, &mut out);
+        for i in 0..self.shape.present {
+            let Ok(bytes) = self.record_bytes(i) else {
+                break;
+            };
+            if v.record(bytes, &mut out).is_none() {
+                break;
+            }
+        }
+        v.finish(&mut out);
+        out
+    }
+}
+
+/// [`Index::verify`] over records given one at a time, so that an index can be checked
+/// while it is read through a small window: [`Verifier::new`] judges the header,
+/// [`Verifier::record`] each record in order, [`Verifier::finish`] what only all of them
+/// show (last_uid, the counts, the sync CRCs). The problems come in the order `verify`
+/// lists them. Holds one header and the running totals, nothing per record.
+#[derive(Debug)]
+pub struct Verifier<'c, N: AsRef<[u8]> = Vec<u8>> {
+    shape: IndexShape,
+    flag_names: Option<&'c [Option<N>]>,
+    annot_crcs: Option<&'c BTreeMap<u32, u32>>,
+    /// The 0-based number of the next record.
+    next: u32,
+    prev_uid: u32,
+    derived: Derived,
+}
+
+impl<'c, N: AsRef<[u8]>> Verifier<'c, N> {
+    /// Starts on an index of `shape` whose first bytes (the header at least) are `head`,
+    /// pushing the header's problems to `out`: its CRC, a nonzero spare byte, records the
+    /// header claims but the file does not hold.
+    pub fn new(
+        shape: &IndexShape,
+        head: &[u8],
+        ctx: &VerifyContext<'c, N>,
+        out: &mut Vec<IndexProblem>,
+    ) -> Self {
+        let h = &shape.header;
+        let hcrc = shape.header_size.saturating_sub(4);
+        let covered_bytes = head.get(..hcrc).unwrap_or(head);
+        let computed = crc32(covered_bytes);
         if computed != h.header_crc {
             out.push(IndexProblem::HeaderCrc {
                 stored: h.header_crc,
                 computed,
             });
         }
-        let covered = spare_ranges(header_slots(v), hcrc);
-        if let Some(offset) = first_nonzero_spare(&self.buf[..hcrc], &covered) {
+        let covered = spare_ranges(header_slots(shape.version()), hcrc);
+        if let Some(offset) = first_nonzero_spare(covered_bytes, &covered) {
             out.push(IndexProblem::HeaderSpare { offset });
         }
-        if self.present < h.num_records {
+        if shape.present < h.num_records {
             out.push(IndexProblem::RecordsTruncated {
                 num_records: h.num_records,
-                present: self.present,
+                present: shape.present,
             });
         }
-
-        let rcrc = self.record_size - 4;
-        let mut records = Vec::new();
-        let mut prev_uid = 0u32;
-        for i in 0..self.present {
-            let Ok(bytes) = self.record_bytes(i) else {
-                break;
-            };
-            let Ok(r) = parse_record(bytes, v) else { break };
-            let offset = self.record_offset(i);
-            let computed = crc32(&bytes[..rcrc]);
-            if computed != r.record_crc {
-                out.push(IndexProblem::RecordCrc {
-                    record: i,
-                    uid: r.uid,
-                    offset,
-                    stored: r.record_crc,
-                    computed,
-                });
-            }
-            // `mailbox_reconstruct` wipes a record whose uid is not above the previous one.
-            if r.uid <= prev_uid {
-                out.push(IndexProblem::UidNotIncreasing {
-                    record: i,
-                    offset,
-                    uid: r.uid,
-                    prev_uid,
-                });
-            }
-            prev_uid = prev_uid.max(r.uid);
-            if r.modseq > h.highestmodseq {
-                out.push(IndexProblem::HighestModseqTooLow {
-                    highestmodseq: h.highestmodseq,
-                    record: i,
-                    uid: r.uid,
-                    modseq: r.modseq,
-                });
-            }
-            records.push(r);
+        Verifier {
+            shape: shape.clone(),
+            flag_names: ctx.flag_names,
+            annot_crcs: ctx.annot_crcs,
+            next: 0,
+            prev_uid: 0,
+            derived: Derived::start(),
         }
+    }
 
+    /// Judges the next record (`bytes`: its bytes, from the file in record order), pushing
+    /// its problems to `out` (CRC, a UID not above the previous one, a modseq above
+    /// `highestmodseq`), and returns it decoded. `None`, with nothing judged: `bytes` is
+    /// shorter than a record, or all the records present were given already.
+    pub fn record(&mut self, bytes: &[u8], out: &mut Vec<IndexProblem>) -> Option<IndexRecord> {
+        if self.next >= self.shape.present {
+            return None;
+        }
+        let v = self.shape.version();
+        let r = parse_record(bytes, v).ok()?;
+        let covered = bytes.get(..self.shape.record_size.saturating_sub(4))?;
+        let i = self.next;
+        self.next += 1;
+        let h = &self.shape.header;
+        let offset = self.shape.record_offset(i);
+        let computed = crc32(covered);
+        if computed != r.record_crc {
+            out.push(IndexProblem::RecordCrc {
+                record: i,
+                uid: r.uid,
+                offset,
+                stored: r.record_crc,
+                computed,
+            });
+        }
+        // `mailbox_reconstruct` wipes a record whose uid is not above the previous one.
+        if r.uid <= self.prev_uid {
+            out.push(IndexProblem::UidNotIncreasing {
+                record: i,
+                offset,
+                uid: r.uid,
+                prev_uid: self.prev_uid,
+            });
+        }
+        self.prev_uid = self.prev_uid.max(r.uid);
+        if r.modseq > h.highestmodseq {
+            out.push(IndexProblem::HighestModseqTooLow {
+                highestmodseq: h.highestmodseq,
+                record: i,
+                uid: r.uid,
+                modseq: r.modseq,
+            });
+        }
         let no_names: &[Option<N>] = &[];
-        let d = derive(
-            &records,
-            v,
-            ctx.flag_names.unwrap_or(no_names),
-            ctx.annot_crcs,
-        );
+        self.derived
+            .add(&r, v, self.flag_names.unwrap_or(no_names), self.annot_crcs);
+        Some(r)
+    }
+
+    /// Pushes the problems of the records given as a whole: `last_uid` below the highest
+    /// UID, and every stored count and sync CRC that differs from the records'.
+    pub fn finish(self, out: &mut Vec<IndexProblem>) {
+        let v = self.shape.version();
+        let h = &self.shape.header;
+        let d = &self.derived;
         if h.last_uid < d.max_uid {
             out.push(IndexProblem::LastUidTooLow {
                 last_uid: h.last_uid,
@@ -1829,21 +1925,20 @@ impl<'a> Index<'a> {
                 d.quota_expunged_used,
             );
         }
-        if ctx.flag_names.is_some() {
+        if self.flag_names.is_some() {
             check(
                 "sync_crc_basic",
                 h.sync_crc_basic.into(),
                 d.sync_crc_basic.into(),
             );
         }
-        if v >= 13 && ctx.annot_crcs.is_some() {
+        if v >= 13 && self.annot_crcs.is_some() {
             check(
                 "sync_crc_annot",
                 h.sync_crc_annot.into(),
                 d.sync_crc_annot.into(),
             );
         }
-        out
     }
 }
 
@@ -2646,6 +2741,276 @@ mod tests {
                 annot_crcs: Some(&extra),
             };
             assert_eq!(idx.verify(&ctx), vec![], "v{n}");
+        }
+    }
+
+    /// `Index::verify` as it was before it was built on [`Verifier`] (all records collected,
+    /// then derived): the reference the streaming verifier must agree with.
+    fn whole_buffer_verify<N: AsRef<[u8]>>(
+        idx: &Index<'_>,
+        ctx: &VerifyContext<'_, N>,
+    ) -> Vec<IndexProblem> {
+        let mut out = Vec::new();
+        let v = idx.version();
+        let h = idx.header();
+        let hb = idx.header_bytes();
+        let hcrc = hb.len() - 4;
+        let computed = crc32(&hb[..hcrc]);
+        if computed != h.header_crc {
+            out.push(IndexProblem::HeaderCrc {
+                stored: h.header_crc,
+                computed,
+            });
+        }
+        let covered = spare_ranges(header_slots(v), hcrc);
+        if let Some(offset) = first_nonzero_spare(&hb[..hcrc], &covered) {
+            out.push(IndexProblem::HeaderSpare { offset });
+        }
+        if idx.records_present() < h.num_records {
+            out.push(IndexProblem::RecordsTruncated {
+                num_records: h.num_records,
+                present: idx.records_present(),
+            });
+        }
+        let rcrc = record_size(v).unwrap() - 4;
+        let mut records = Vec::new();
+        let mut prev_uid = 0u32;
+        for i in 0..idx.records_present() {
+            let bytes = idx.record_bytes(i).unwrap();
+            let r = parse_record(bytes, v).unwrap();
+            let offset = idx.record_offset(i);
+            let computed = crc32(&bytes[..rcrc]);
+            if computed != r.record_crc {
+                out.push(IndexProblem::RecordCrc {
+                    record: i,
+                    uid: r.uid,
+                    offset,
+                    stored: r.record_crc,
+                    computed,
+                });
+            }
+            if r.uid <= prev_uid {
+                out.push(IndexProblem::UidNotIncreasing {
+                    record: i,
+                    offset,
+                    uid: r.uid,
+                    prev_uid,
+                });
+            }
+            prev_uid = prev_uid.max(r.uid);
+            if r.modseq > h.highestmodseq {
+                out.push(IndexProblem::HighestModseqTooLow {
+                    highestmodseq: h.highestmodseq,
+                    record: i,
+                    uid: r.uid,
+                    modseq: r.modseq,
+                });
+            }
+            records.push(r);
+        }
+        let no_names: &[Option<N>] = &[];
+        let d = derive(
+            &records,
+            v,
+            ctx.flag_names.unwrap_or(no_names),
+            ctx.annot_crcs,
+        );
+        if h.last_uid < d.max_uid {
+            out.push(IndexProblem::LastUidTooLow {
+                last_uid: h.last_uid,
+                max_uid: d.max_uid,
+            });
+        }
+        let mut check = |field: &'static str, stored: u64, computed: u64| {
+            if stored != computed {
+                out.push(IndexProblem::CountMismatch {
+                    field,
+                    stored,
+                    computed,
+                });
+            }
+        };
+        check("exists", h.exists.into(), d.exists.into());
+        check("answered", h.answered.into(), d.answered.into());
+        check("flagged", h.flagged.into(), d.flagged.into());
+        check("deleted", h.deleted.into(), d.deleted.into());
+        if v >= 14 {
+            check("unseen", h.unseen.into(), d.unseen.into());
+        }
+        check(
+            "quota_mailbox_used",
+            h.quota_mailbox_used,
+            d.quota_mailbox_used,
+        );
+        if v >= 18 {
+            check(
+                "quota_deleted_used",
+                h.quota_deleted_used,
+                d.quota_deleted_used,
+            );
+            check(
+                "quota_expunged_used",
+                h.quota_expunged_used,
+                d.quota_expunged_used,
+            );
+        }
+        if ctx.flag_names.is_some() {
+            check(
+                "sync_crc_basic",
+                h.sync_crc_basic.into(),
+                d.sync_crc_basic.into(),
+            );
+        }
+        if v >= 13 && ctx.annot_crcs.is_some() {
+            check(
+                "sync_crc_annot",
+                h.sync_crc_annot.into(),
+                d.sync_crc_annot.into(),
+            );
+        }
+        out
+    }
+
+    /// The streaming verifier as a file reader drives it: the shape from the header bytes
+    /// alone and the file's length, then each record from its own copy of the bytes.
+    fn streamed_verify<N: AsRef<[u8]>>(
+        bytes: &[u8],
+        ctx: &VerifyContext<'_, N>,
+    ) -> Result<(Vec<IndexProblem>, Vec<IndexRecord>), IndexError> {
+        let head = &bytes[..bytes.len().min(MAX_HEADER_SIZE)];
+        let shape = IndexShape::open(head, bytes.len() as u64)?;
+        let mut out = Vec::new();
+        let mut v = Verifier::new(&shape, head, ctx, &mut out);
+        let mut records = Vec::new();
+        for i in 0..shape.present {
+            let at = shape.record_offset(i) as usize;
+            let rec = bytes[at..at + shape.record_size].to_vec();
+            records.push(v.record(&rec, &mut out).expect("a whole record"));
+        }
+        // Nothing past the records present is taken.
+        assert!(v.record(&[0u8; V20_RECORD_SIZE], &mut out).is_none());
+        v.finish(&mut out);
+        Ok((out, records))
+    }
+
+    /// The same problems, in the same order, from the whole-buffer verify, `Index::verify`
+    /// and the streaming verifier fed from a file's head; and the same open errors.
+    fn assert_verifiers_agree(bytes: &[u8], what: &str) -> Vec<IndexProblem> {
+        let none = BTreeMap::new();
+        let with = ctx(&none);
+        let without = VerifyContext::<Vec<u8>>::default();
+        let idx = match Index::open(bytes) {
+            Ok(i) => i,
+            Err(e) => {
+                assert_eq!(streamed_verify(bytes, &with).unwrap_err(), e, "{what}");
+                return Vec::new();
+            }
+        };
+        assert_eq!(
+            streamed_verify(bytes, &without).unwrap().0,
+            whole_buffer_verify(&idx, &without),
+            "{what} (no context)"
+        );
+        let old = whole_buffer_verify(&idx, &with);
+        assert_eq!(idx.verify(&with), old, "{what}");
+        let (streamed, records) = streamed_verify(bytes, &with).unwrap();
+        assert_eq!(streamed, old, "{what} (streamed)");
+        let held: Vec<IndexRecord> = idx.records().filter_map(Result::ok).collect();
+        assert_eq!(records, held, "{what}");
+        old
+    }
+
+    #[test]
+    fn streaming_verifier_agrees_with_the_whole_buffer_verify() {
+        let has = |p: &[IndexProblem], f: &dyn Fn(&IndexProblem) -> bool| p.iter().any(f);
+        for version in MIN_VERSION..=MAX_VERSION {
+            let (h, records, clean) = sample_index(version, 6);
+            let hs = header_size(version).unwrap();
+            let rs = record_size(version).unwrap();
+            assert_eq!(assert_verifiers_agree(&clean, "clean"), vec![]);
+
+            // Bad header CRC (a counted field changed behind the CRC's back).
+            let mut b = clean.clone();
+            b[OFFSET_LAST_UID + 3] ^= 0x40;
+            let p = assert_verifiers_agree(&b, "header crc");
+            assert!(has(&p, &|x| matches!(x, IndexProblem::HeaderCrc { .. })));
+
+            // Truncated: the last record cut short, then the header claiming more.
+            let b = &clean[..clean.len() - rs / 2];
+            let p = assert_verifiers_agree(b, "truncated");
+            assert!(p.contains(&IndexProblem::RecordsTruncated {
+                num_records: 6,
+                present: 5
+            }));
+            assert!(has(&p, &|x| matches!(
+                x,
+                IndexProblem::CountMismatch {
+                    field: "exists",
+                    ..
+                }
+            )));
+            assert_eq!(
+                assert_verifiers_agree(&clean[..hs - 1], "no header"),
+                vec![]
+            );
+            let p = assert_verifiers_agree(&clean[..hs], "no records");
+            assert!(p.contains(&IndexProblem::RecordsTruncated {
+                num_records: 6,
+                present: 0
+            }));
+
+            // Out-of-order UIDs, each record's CRC kept valid; and a bad record CRC.
+            let mut swapped = records.clone();
+            swapped.swap(1, 4);
+            let mut b = write_index(&h, &swapped, version).unwrap();
+            let p = assert_verifiers_agree(&b, "uid order");
+            assert!(has(&p, &|x| matches!(
+                x,
+                IndexProblem::UidNotIncreasing { record: 2, .. }
+            )));
+            b[hs + 3 * rs + 20] ^= 0xff;
+            let p = assert_verifiers_agree(&b, "record crc");
+            assert!(has(&p, &|x| matches!(
+                x,
+                IndexProblem::RecordCrc { record: 3, .. }
+            )));
+
+            // Wrong counts, last_uid and highestmodseq, written with a valid header CRC.
+            let mut wrong = h.clone();
+            wrong.exists += 1;
+            wrong.deleted = 9;
+            wrong.unseen = 9;
+            wrong.quota_mailbox_used = 1;
+            wrong.quota_deleted_used = 5;
+            wrong.sync_crc_basic ^= 1;
+            wrong.sync_crc_annot ^= 1;
+            wrong.last_uid = 2;
+            wrong.highestmodseq = 12;
+            let b = write_index(&wrong, &records, version).unwrap();
+            let p = assert_verifiers_agree(&b, "counts");
+            assert!(p.contains(&IndexProblem::LastUidTooLow {
+                last_uid: 2,
+                max_uid: 6
+            }));
+            assert!(p.contains(&IndexProblem::CountMismatch {
+                field: "exists",
+                stored: 7,
+                computed: 6
+            }));
+            assert!(has(&p, &|x| matches!(
+                x,
+                IndexProblem::HighestModseqTooLow { record: 5, .. }
+            )));
+
+            // Every single byte flipped in turn, and the file cut at every length.
+            for at in 0..clean.len() {
+                let mut b = clean.clone();
+                b[at] ^= 0x5a;
+                assert_verifiers_agree(&b, &format!("v{version} flip {at}"));
+            }
+            for len in (0..clean.len()).step_by(7) {
+                assert_verifiers_agree(&clean[..len], &format!("v{version} cut {len}"));
+            }
         }
     }
 

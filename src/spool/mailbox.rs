@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::format::cache::{CacheEntry, CacheError};
 use crate::spool::atomic::{self, crash_point};
 use crate::spool::lock::{self, LockMode, LockStack};
 use crate::spool::mailbox_lock::{self, MailboxLockError, OpenMode};
@@ -409,17 +410,25 @@ impl Eq for IndexFile {}
 impl IndexFile {
     /// Opens `path` and digests its bytes; `None` when it does not exist.
     pub fn open(path: &Path) -> io::Result<Option<IndexFile>> {
+        match File::open(path) {
+            Ok(f) => IndexFile::from_file(f).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads an index through a descriptor already open, from its start (by `pread`, so
+    /// the descriptor's offset is left alone): the one a lock is held on, so that what is
+    /// read is the file locked even if the name now points to another. Pass a duplicate
+    /// (`try_clone`) of a locked descriptor: the locks are open-file-description locks, so
+    /// closing the duplicate keeps them.
+    pub fn from_file(file: File) -> io::Result<IndexFile> {
         use sha1::{Digest, Sha1};
-        let mut file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
         let mut h = Sha1::new();
         let mut buf = vec![0u8; INDEX_WINDOW];
         let mut len = 0u64;
         loop {
-            let n = match file.read(&mut buf) {
+            let n = match file.read_at(&mut buf, len) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -428,11 +437,11 @@ impl IndexFile {
             h.update(buf.get(..n).unwrap_or_default());
             len += n as u64;
         }
-        Ok(Some(IndexFile {
+        Ok(IndexFile {
             source: IndexSource::File(Arc::new(file)),
             len,
             digest: h.finalize().into(),
-        }))
+        })
     }
 
     /// An index held in memory.
@@ -610,35 +619,49 @@ impl CacheFile {
 
     /// Whether the entry at `offset` is intact and has CRC `crc`: exactly
     /// [`cache::check_record_entry`](crate::format::cache::check_record_entry) on the whole
-    /// file, read through a window of [`CACHE_WINDOW`] bytes (an entry longer than that
-    /// gets a window of its own size, never more than the file holds). A read error counts
-    /// as a damaged entry.
+    /// file, read through a window of [`CACHE_WINDOW`] bytes (see [`CacheFile::check_entry`]).
+    /// A read error counts as a damaged entry.
     pub fn entry_ok(&self, offset: u64, crc: u32) -> bool {
+        matches!(self.check_entry(offset, crc), Ok(Ok(())))
+    }
+
+    /// What [`cache::check_record_entry`](crate::format::cache::check_record_entry) on the
+    /// whole file says of the entry at `offset` with CRC `crc` (the same error, facts and
+    /// all), read through a window of [`CACHE_WINDOW`] bytes: an entry longer than that gets
+    /// a window of its own size, never more than the file holds. The outer error is a failed
+    /// read.
+    pub fn check_entry(&self, offset: u64, crc: u32) -> io::Result<Result<(), CacheError>> {
         use crate::format::cache::CACHE_HEADER_SIZE;
-        if offset < CACHE_HEADER_SIZE as u64 || offset >= self.len {
-            return false;
+        if offset == 0 {
+            return Ok(Err(CacheError::NoEntry));
         }
-        let Ok(mut w) = self.window.lock() else {
-            return false;
-        };
+        let len = usize::try_from(self.len).unwrap_or(usize::MAX);
+        if offset < CACHE_HEADER_SIZE as u64 || offset >= self.len {
+            return Ok(Err(CacheError::OffsetOutOfRange { offset, len }));
+        }
+        let mut w = self
+            .window
+            .lock()
+            .map_err(|_| io::Error::other("cache window lock poisoned"))?;
         let rest = self.len - offset;
         let mut want = rest.min(4096);
         loop {
-            let Ok(bytes) = w.get(&self.file, offset, want, self.len) else {
-                return false;
-            };
+            let bytes = w.get(&self.file, offset, want, self.len)?;
             let at_eof = bytes.len() as u64 == rest;
             match entry_extent(bytes, at_eof) {
-                Extent::Entry(end) => {
-                    return bytes
-                        .get(..end)
-                        .is_some_and(|e| crate::format::crc::crc32(e) == crc)
+                // `bytes` holds the whole entry, or the rest of the file when the entry runs
+                // past its end: what the whole-file parse sees of it.
+                Extent::Entry(_) | Extent::Truncated => {
+                    return Ok(CacheEntry::parse_tail(bytes, offset, len)
+                        .and_then(|e| e.check_crc(crc))
+                        .map(drop));
                 }
-                Extent::Truncated => return false,
                 Extent::Needs(n) => {
                     let n = (n as u64).max(want.saturating_mul(2)).min(rest);
                     if n <= want {
-                        return false;
+                        return Err(io::Error::other(format!(
+                            "cache entry at offset {offset} does not fit in the file"
+                        )));
                     }
                     want = n;
                 }
@@ -1340,11 +1363,14 @@ mod tests {
         }
         for off in offsets {
             for crc in entries.iter().map(|e| e.1).chain([0, 1]) {
+                let whole = check_record_entry(&file, off, crc).map(drop);
                 assert_eq!(
                     c.entry_ok(off, crc),
-                    check_record_entry(&file, off, crc).is_ok(),
+                    whole.is_ok(),
                     "offset {off} crc {crc:x}"
                 );
+                // The same verdict with the same facts, for the messages built from it.
+                assert_eq!(c.check_entry(off, crc).unwrap(), whole, "offset {off}");
             }
         }
         let short = d.path().join("short");
