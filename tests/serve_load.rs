@@ -28,25 +28,44 @@ const PRELOADED: usize = 3;
 /// Peak resident memory allowed for the server with 1000 sessions open.
 const MAX_HWM_KB: u64 = 256 * 1024;
 
-/// All clients hold their session open until every one has one (or the deadline).
+/// All clients hold their session open until every one has one and the watcher has counted
+/// the server's threads ([`run_sessions`] opens the gate), or until the deadline.
 struct Gate {
-    n: Mutex<usize>,
+    /// Sessions arrived, and whether the gate is open.
+    state: Mutex<(usize, bool)>,
     cv: Condvar,
     want: usize,
 }
 
 impl Gate {
+    fn new(want: usize) -> Gate {
+        Gate {
+            state: Mutex::new((0, false)),
+            cv: Condvar::new(),
+            want,
+        }
+    }
+
     fn arrive_and_wait(&self, deadline: Instant) {
-        let mut n = self.n.lock().unwrap();
-        *n += 1;
+        let mut st = self.state.lock().unwrap();
+        st.0 += 1;
         self.cv.notify_all();
-        while *n < self.want {
+        while !st.1 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
-            n = self.cv.wait_timeout(n, left).unwrap().0;
+            st = self.cv.wait_timeout(st, left).unwrap().0;
         }
+    }
+
+    fn arrived(&self) -> usize {
+        self.state.lock().unwrap().0
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap().1 = true;
+        self.cv.notify_all();
     }
 }
 
@@ -90,11 +109,7 @@ fn thousand_concurrent_pop3_and_lmtp_sessions() {
     let base_kb = server.status_kb("VmRSS");
     reset_hwm(server.pid);
 
-    let gate = Arc::new(Gate {
-        n: Mutex::new(0),
-        cv: Condvar::new(),
-        want: POP3_SESSIONS + LMTP_SESSIONS,
-    });
+    let gate = Arc::new(Gate::new(POP3_SESSIONS + LMTP_SESSIONS));
     let deadline = Instant::now() + Duration::from_secs(40);
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -178,8 +193,9 @@ fn preload(c: &mut Client, users: &[String]) {
     }
 }
 
-/// Watch the server's thread count until every session is past the gate (or the deadline),
-/// then join them all: the peak thread count and each session's result. Panics when the
+/// Watch the server's thread count until every session has arrived at the gate (or the
+/// deadline), count the threads once more while they all wait there, open the gate, then
+/// join them all: the peak thread count and each session's result. Panics when the
 /// server died, a session failed, or the sessions were never all open at once.
 fn run_sessions<T>(
     server: &mut Server,
@@ -189,11 +205,12 @@ fn run_sessions<T>(
 ) -> (u64, Vec<T>) {
     let total = handles.len();
     let mut peak_threads = 0;
-    while *gate.n.lock().unwrap() < gate.want && Instant::now() < deadline {
+    while gate.arrived() < gate.want && Instant::now() < deadline {
         peak_threads = peak_threads.max(server.threads());
         std::thread::sleep(Duration::from_millis(20));
     }
     peak_threads = peak_threads.max(server.threads());
+    gate.open();
     let mut failures = Vec::new();
     let mut results = Vec::new();
     for (i, h) in handles.into_iter().enumerate() {
@@ -653,11 +670,7 @@ fn hundreds_of_concurrent_tls_sessions() {
         .collect();
 
     let total = 3 * TLS_EACH;
-    let gate = Arc::new(Gate {
-        n: Mutex::new(0),
-        cv: Condvar::new(),
-        want: total,
-    });
+    let gate = Arc::new(Gate::new(total));
     let deadline = Instant::now() + Duration::from_secs(40);
     let started = Instant::now();
     let mut handles = Vec::new();
