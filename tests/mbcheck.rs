@@ -538,6 +538,43 @@ fn flipped_byte_in_index_record_names_its_offset() {
     );
 }
 
+/// A record marked archived in a store without an archive partition: its cache entry is in
+/// the mailbox's own `cyrus.cache` (Cyrus's archive paths fall back to the spool's), so it
+/// is checked there, not reported as a missing cache.
+#[test]
+fn archived_record_without_archive_partition_uses_cyrus_cache() {
+    let s = Store::new(LEGACY);
+    let index_path = s.path("spool/a/user/alice/Sent/cyrus.index");
+    let cache = s.path("spool/a/user/alice/Sent/cyrus.cache");
+    let version = read_index_header(&index_path).minor_version;
+    let (mut r, off) = index_record(&index_path, 0);
+    r.internal_flags |= index::FLAG_INTERNAL_ARCHIVED;
+    let bytes = index::write_record(&r, version).unwrap();
+    let mut buf = std::fs::read(&index_path).unwrap();
+    let at = usize::try_from(off).unwrap();
+    buf[at..at + bytes.len()].copy_from_slice(&bytes);
+    std::fs::write(&index_path, buf).unwrap();
+    let c = s.check(&[]);
+    let cache_findings = |c: &Check| {
+        c.json["findings"]
+            .as_array()
+            .map(|f| f.iter().filter(|x| x["kind"] == "cache").count())
+            .unwrap_or(0)
+    };
+    assert_eq!(cache_findings(&c), 0, "{}", c.describe());
+    flip_byte(&cache, r.cache_offset + 10);
+    let c = s.check(&[]);
+    assert_finding(
+        &c,
+        &Expect::reconstruct(
+            "cache",
+            "user.alice.Sent",
+            &cache,
+            format!("uid {}: cache entry at offset {}", r.uid, r.cache_offset),
+        ),
+    );
+}
+
 #[test]
 fn flipped_byte_in_cache_entry() {
     let s = Store::new(LEGACY);

@@ -691,10 +691,12 @@ impl Checker<'_> {
     ) -> std::io::Result<(Vec<IndexProblem>, Uids)> {
         let open = |p: &Path| CacheFile::open(p).ok().flatten();
         let cache = open(files.cache);
+        // Without an archive partition Cyrus's archive paths are the spool's: an archived
+        // record's entry is in the same cyrus.cache.
         let archive_cache = if files.archive_cache != files.cache {
             open(files.archive_cache)
         } else {
-            None
+            cache.clone()
         };
         let mut problems = Vec::new();
         let mut verifier = Verifier::new(shape, head, ctx, &mut problems);
