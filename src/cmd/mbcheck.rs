@@ -499,7 +499,7 @@ impl Checker<'_> {
         let file = held
             .file()
             .try_clone()
-            .and_then(IndexFile::from_file)
+            .and_then(IndexFile::unhashed)
             .with_context(at)?;
         let head = file.read_at(0, index::MAX_HEADER_SIZE).with_context(at)?;
         let shape = match IndexShape::open(&head, file.len()) {

@@ -1572,7 +1572,7 @@ impl Env<'_> {
 #[derive(Debug)]
 struct SnapshotKey {
     header: Option<Vec<u8>>,
-    index: Option<(u64, [u8; 20])>,
+    index: Option<(u64, Option<[u8; 20]>)>,
     cache: Option<CacheFile>,
     messages: (usize, [u8; 20]),
     odd: Vec<PathBuf>,

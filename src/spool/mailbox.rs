@@ -386,7 +386,9 @@ impl Snapshot {
 pub struct IndexFile {
     source: IndexSource,
     len: u64,
-    digest: [u8; 20],
+    /// `None` for a file opened by [`IndexFile::unhashed`]: equality then only compares
+    /// lengths, so such files are not for telling changes apart.
+    digest: Option<[u8; 20]>,
 }
 
 #[derive(Debug, Clone)]
@@ -417,13 +419,34 @@ impl IndexFile {
         }
     }
 
-    /// Reads an index through a descriptor already open, from its start (by `pread`, so
-    /// the descriptor's offset is left alone): the one a lock is held on, so that what is
-    /// read is the file locked even if the name now points to another. Pass a duplicate
-    /// (`try_clone`) of a locked descriptor: the locks are open-file-description locks, so
-    /// closing the duplicate keeps them.
+    /// Reads and digests an index through a descriptor already open, from its start (by
+    /// `pread`, so the descriptor's offset is left alone).
     pub fn from_file(file: File) -> io::Result<IndexFile> {
+        let mut f = IndexFile::unhashed(file)?;
+        f.digest = Some(f.hash()?);
+        Ok(f)
+    }
+
+    /// An index read through `file` without digesting it first (one read of the whole file
+    /// less), for a reader that holds a lock on it and so has nothing to compare: its
+    /// length is the file's length now. Pass a duplicate (`try_clone`) of the locked
+    /// descriptor, so that what is read is the file locked even if the name now points to
+    /// another: the locks are open-file-description locks, so closing the duplicate keeps
+    /// them.
+    pub fn unhashed(file: File) -> io::Result<IndexFile> {
+        Ok(IndexFile {
+            len: file.metadata()?.len(),
+            source: IndexSource::File(Arc::new(file)),
+            digest: None,
+        })
+    }
+
+    /// SHA-1 of the file's bytes up to its end, read now; `len` becomes what was read.
+    fn hash(&mut self) -> io::Result<[u8; 20]> {
         use sha1::{Digest, Sha1};
+        let IndexSource::File(file) = &self.source else {
+            return Err(io::Error::other("only a file is hashed when read"));
+        };
         let mut h = Sha1::new();
         let mut buf = vec![0u8; INDEX_WINDOW];
         let mut len = 0u64;
@@ -437,11 +460,8 @@ impl IndexFile {
             h.update(buf.get(..n).unwrap_or_default());
             len += n as u64;
         }
-        Ok(IndexFile {
-            source: IndexSource::File(Arc::new(file)),
-            len,
-            digest: h.finalize().into(),
-        })
+        self.len = len;
+        Ok(h.finalize().into())
     }
 
     /// An index held in memory.
@@ -449,7 +469,7 @@ impl IndexFile {
         use sha1::{Digest, Sha1};
         IndexFile {
             len: bytes.len() as u64,
-            digest: Sha1::digest(&bytes).into(),
+            digest: Some(Sha1::digest(&bytes).into()),
             source: IndexSource::Bytes(Arc::new(bytes)),
         }
     }
@@ -463,8 +483,8 @@ impl IndexFile {
         self.len == 0
     }
 
-    /// SHA-1 of the bytes when read.
-    pub fn digest(&self) -> [u8; 20] {
+    /// SHA-1 of the bytes when read (`None`: opened [`IndexFile::unhashed`]).
+    pub fn digest(&self) -> Option<[u8; 20]> {
         self.digest
     }
 
