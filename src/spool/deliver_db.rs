@@ -162,6 +162,11 @@ pub fn mark_at(
     loop {
         let g = groups.entry(path.clone()).or_default();
         if let Some(r) = g.results.remove(&ticket) {
+            // The last waiter to collect its result leaves an idle group: remove it, as the
+            // leader does when nobody waits.
+            if !g.busy && g.pending.is_empty() && g.results.is_empty() {
+                groups.remove(&path);
+            }
             return r.map_err(|detail| AppendError::Io {
                 path: path.clone(),
                 source: io::Error::other(format!("the shared transaction failed: {detail}")),
