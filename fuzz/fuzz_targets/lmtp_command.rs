@@ -1,18 +1,34 @@
 #![no_main]
-//! LMTP input must never panic: command lines, recipient addresses, and the message
-//! writer fed the same bytes as BDAT data. An accepted message is stored with CRLF line
-//! ends only and without NUL bytes.
+//! LMTP input must never panic: command lines, recipient addresses (under the name
+//! settings the last byte picks), and the message writer fed the same bytes as BDAT data.
+//! An accepted message is stored with CRLF line ends only and without NUL bytes.
 use cyrkit::server::lmtp::address::{resolve, AddressConfig, Target};
 use cyrkit::server::lmtp::command::{parse_command, Command};
 use cyrkit::server::lmtp::message::{LineSplitter, MessageOptions, Outcome, StageWriter};
+use cyrkit::spool::config::VirtDomains;
 use cyrkit::spool::names::{MboxName, NameConfig};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    // The configuration comes from the last byte, so recipients are resolved under
+    // virtdomains, unixhierarchysep, a postuser and a default domain too.
+    let knobs = data.last().copied().unwrap_or(0);
+    let mut names = NameConfig::default();
+    if knobs & 1 != 0 {
+        names.virtdomains = VirtDomains::Userid;
+    }
+    names.unixhierarchysep = knobs & 2 != 0;
+    if knobs & 16 != 0 {
+        names.default_domain = b"example.com".to_vec();
+    }
     let cfg = AddressConfig {
-        names: NameConfig::default(),
-        downcase: true,
-        postuser: Vec::new(),
+        names,
+        downcase: knobs & 8 == 0,
+        postuser: if knobs & 4 != 0 {
+            b"shared".to_vec()
+        } else {
+            Vec::new()
+        },
     };
     for line in data.split(|&b| b == b'\n') {
         let strict = line.first().is_some_and(|b| b & 1 == 0);
