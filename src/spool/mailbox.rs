@@ -422,9 +422,12 @@ impl IndexFile {
     /// Reads and digests an index through a descriptor already open, from its start (by
     /// `pread`, so the descriptor's offset is left alone).
     pub fn from_file(file: File) -> io::Result<IndexFile> {
-        let mut f = IndexFile::unhashed(file)?;
-        f.digest = Some(f.hash()?);
-        Ok(f)
+        let (len, digest) = sha1_to_end(&file)?;
+        Ok(IndexFile {
+            source: IndexSource::File(Arc::new(file)),
+            len,
+            digest: Some(digest),
+        })
     }
 
     /// An index read through `file` without digesting it first (one read of the whole file
@@ -439,29 +442,6 @@ impl IndexFile {
             source: IndexSource::File(Arc::new(file)),
             digest: None,
         })
-    }
-
-    /// SHA-1 of the file's bytes up to its end, read now; `len` becomes what was read.
-    fn hash(&mut self) -> io::Result<[u8; 20]> {
-        use sha1::{Digest, Sha1};
-        let IndexSource::File(file) = &self.source else {
-            return Err(io::Error::other("only a file is hashed when read"));
-        };
-        let mut h = Sha1::new();
-        let mut buf = vec![0u8; INDEX_WINDOW];
-        let mut len = 0u64;
-        loop {
-            let n = match file.read_at(&mut buf, len) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            h.update(buf.get(..n).unwrap_or_default());
-            len += n as u64;
-        }
-        self.len = len;
-        Ok(h.finalize().into())
     }
 
     /// An index held in memory.
@@ -526,6 +506,26 @@ impl IndexFile {
             buf: Vec::new(),
         }
     }
+}
+
+/// Length and SHA-1 of a file's bytes up to its end, read now by `pread` from its start
+/// (the descriptor's offset, shared with the locked one it duplicates, is left alone).
+fn sha1_to_end(file: &File) -> io::Result<(u64, [u8; 20])> {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    let mut buf = vec![0u8; INDEX_WINDOW];
+    let mut len = 0u64;
+    loop {
+        let n = match file.read_at(&mut buf, len) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(buf.get(..n).unwrap_or_default());
+        len += n as u64;
+    }
+    Ok((len, h.finalize().into()))
 }
 
 /// Sequential reads of an [`IndexFile`] through a window refilled on a miss.
